@@ -1,0 +1,3 @@
+from ocipatch.cli import main
+
+main()

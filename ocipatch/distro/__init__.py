@@ -1,0 +1,1 @@
+"""Package managers: OS detection and one adapter per package manager."""

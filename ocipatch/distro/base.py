@@ -1,0 +1,36 @@
+"""The package-manager adapter interface: one adapter per package manager (dpkg, apk, rpm).
+
+Each adapter splits its work into steps the orchestrator calls in order:
+read_db -> plan -> apply -> verify. This module holds the shared types and the registry of
+adapters; detection asks each adapter in turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from ocipatch.distro.detect import FileView
+
+
+@dataclass(frozen=True, order=True)
+class InstalledPackage:
+    name: str
+    version: str
+    arch: str
+    source: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "arch": self.arch}
+
+
+class PackageManager(Protocol):
+    """One package manager's knowledge: where its database lives and how to read it."""
+
+    name: ClassVar[str]  # "dpkg" | "apk" | "rpm"
+    ecosystem: ClassVar[str]  # version-comparison family: "deb" | "apk" | "rpm"
+
+    @classmethod
+    def detect(cls, view: FileView) -> bool: ...
+
+    def read_db(self, view: FileView) -> list[InstalledPackage]: ...

@@ -1,0 +1,1 @@
+"""Filesystems and layers: whiteouts, the merged view, safe extraction, diff, layer writer."""

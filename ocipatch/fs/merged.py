@@ -1,0 +1,597 @@
+"""MergedView: read an image's filesystem through its layers without extracting it.
+
+Each layer is indexed once in a single streaming pass (names and metadata, never contents); the
+index is cached as JSON by layer digest. The merged tree is then built in memory by applying the
+indexes bottom-up with the rules of ocipatch.fs.whiteout -- exactly what `unpack` does on disk --
+so a lookup is a dict lookup, and reading a file streams only the one layer that holds its bytes.
+
+Paths given to the API may be absolute or relative (`"/etc/os-release"`, `"etc/os-release"`);
+paths returned are normalized relative paths (`"etc/os-release"`, the root is `""`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import zstandard
+
+from ocipatch.errors import ImageFormatError, UnsafeArchiveError
+from ocipatch.fs import whiteout as wh
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+# Same limit as Linux (MAXSYMLINKS): more hops than this is a loop.
+MAX_SYMLINKS = 40
+_CHUNK = 1 << 20
+
+
+class TarLayer(Protocol):
+    """A layer as ocipatch.fs needs it: an uncompressed tar stream and a digest as cache key."""
+
+    @property
+    def digest(self) -> str: ...
+
+    def open_tar(self) -> BinaryIO:
+        """A fresh, non-seekable stream of the uncompressed tar; read it front to back."""
+        ...
+
+
+def member_type(member: tarfile.TarInfo) -> str | None:
+    """'file', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', or None for anything else."""
+    if member.isreg():  # also contiguous and GNU sparse files
+        return "file"
+    if member.isdir():
+        return "dir"
+    if member.issym():
+        return "symlink"
+    if member.islnk():
+        return "hardlink"
+    if member.ischr():
+        return "char"
+    if member.isblk():
+        return "block"
+    if member.isfifo():
+        return "fifo"
+    return None
+
+
+def drain(stream: BinaryIO) -> None:
+    """Read a stream to its end so a verifying reader underneath runs its digest check."""
+    while stream.read(_CHUNK):
+        pass
+
+
+Visit = Callable[[int, tarfile.TarInfo, tarfile.TarFile], bool | None]
+
+
+def scan_layer(layer: TarLayer, visit: Visit) -> None:
+    """Stream a layer's tar once, calling visit(ordinal, member, tarfile) for each member.
+
+    visit may read the current member's data with `tarfile.extractfile(member)`; returning True
+    stops the walk (the rest of the stream is still drained, so the digest check runs). The
+    ordinal counts members as tarfile yields them, so two scans of a layer agree on it.
+    """
+    stream = layer.open_tar()
+    try:
+        try:
+            try:
+                tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 (we close stream)
+            except tarfile.ReadError as e:
+                if str(e) == "empty file":  # a 0-byte layer: nothing in it
+                    return
+                raise
+            ordinal = 0
+            while True:
+                member = tf.next()
+                if member is None:
+                    break
+                # Stream mode keeps every TarInfo in tf.members; drop them to bound memory.
+                tf.members.clear()  # type: ignore[attr-defined]
+                if visit(ordinal, member, tf):
+                    break
+                ordinal += 1
+            drain(stream)
+        except (tarfile.TarError, zlib.error, zstandard.ZstdError, EOFError) as e:
+            raise ImageFormatError(
+                f"layer {layer.digest} is not a readable tar stream ({e}): the blob is corrupt "
+                "or not a layer"
+            ) from e
+    finally:
+        stream.close()
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One member of a layer as the index records it (names normalized, whiteouts apart)."""
+
+    name: str
+    type: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    linkname: str  # symlink target as stored; hardlink target normalized
+    ordinal: int
+    devmajor: int = 0
+    devminor: int = 0
+
+    def to_json(self) -> list[Any]:
+        return [
+            "e", self.name, self.type, self.size, self.mode, self.uid, self.gid, self.mtime,
+            self.linkname, self.ordinal, self.devmajor, self.devminor,
+        ]  # fmt: skip
+
+
+# An index op, in tar order: ("e", IndexEntry) | ("w", deleted path) | ("o", opaque directory).
+Op = tuple[str, IndexEntry | str]
+
+
+def member_name(layer_digest: str, raw: str) -> str:
+    """Normalize a member name; UnsafeArchiveError if it climbs out of the root."""
+    if wh.escapes_root(raw):
+        raise UnsafeArchiveError(
+            f"layer {layer_digest} has an entry {raw!r} that escapes the root: the image is "
+            "malformed or malicious; refusing to use it"
+        )
+    return wh.normalize(raw)
+
+
+def hardlink_target(layer_digest: str, name: str, raw: str) -> str:
+    if wh.escapes_root(raw):
+        raise UnsafeArchiveError(
+            f"layer {layer_digest} has a hardlink {name!r} to {raw!r}, outside the root: the "
+            "image is malformed or malicious; refusing to use it"
+        )
+    return wh.normalize(raw)
+
+
+def index_layer(layer: TarLayer) -> list[Op]:
+    """One streaming pass over a layer: its entries, whiteouts and opaque markers in tar order."""
+    ops: list[Op] = []
+    digest = layer.digest
+
+    def visit(ordinal: int, m: tarfile.TarInfo, _tf: tarfile.TarFile) -> None:
+        name = member_name(digest, m.name)
+        kind = wh.classify(name)
+        if kind == "whiteout":
+            ops.append(("w", wh.whiteout_target(name)))
+            return
+        if kind == "opaque":
+            ops.append(("o", wh.opaque_dir(name)))
+            return
+        if kind == "meta":
+            log.debug("layer %s: ignoring whiteout metadata %r", digest, m.name)
+            return
+        typ = member_type(m)
+        if typ is None:
+            log.warning("layer %s: skipping %r of unsupported tar type %r", digest, m.name, m.type)
+            return
+        link = m.linkname
+        if typ == "hardlink":
+            link = hardlink_target(digest, name, link)
+        ops.append(
+            (
+                "e",
+                IndexEntry(
+                    name=name,
+                    type=typ,
+                    size=m.size if typ == "file" else 0,
+                    mode=m.mode & 0o7777,
+                    uid=m.uid,
+                    gid=m.gid,
+                    mtime=int(m.mtime),
+                    linkname=link,
+                    ordinal=ordinal,
+                    devmajor=m.devmajor if typ in ("char", "block") else 0,
+                    devminor=m.devminor if typ in ("char", "block") else 0,
+                ),
+            )
+        )
+
+    scan_layer(layer, visit)
+    return ops
+
+
+def _ops_to_json(digest: str, ops: list[Op]) -> dict[str, Any]:
+    return {
+        "format": INDEX_FORMAT,
+        "digest": digest,
+        "ops": [op[1].to_json() if isinstance(op[1], IndexEntry) else [op[0], op[1]] for op in ops],
+    }
+
+
+def _ops_from_json(doc: Any, digest: str) -> list[Op] | None:
+    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+        return None
+    if doc.get("digest") != digest:
+        return None
+    ops: list[Op] = []
+    for row in doc["ops"]:
+        if row[0] == "e":
+            ops.append(("e", IndexEntry(*row[1:])))
+        else:
+            ops.append((row[0], row[1]))
+    return ops
+
+
+_SAFE_DIGEST = re.compile(r"^[a-z0-9]+:[a-zA-Z0-9=_-]+$")
+
+
+def _cache_file(cache_dir: Path, digest: str) -> Path:
+    if _SAFE_DIGEST.match(digest) and len(digest) < 200:
+        stem = digest.replace(":", "-")
+    else:  # never let a digest string pick a path
+        stem = "x-" + hashlib.sha256(digest.encode()).hexdigest()
+    return cache_dir / f"{stem}.index.json"
+
+
+def load_index(layer: TarLayer, cache_dir: Path | None) -> list[Op]:
+    """The layer's index, from the cache when present, else by streaming the layer once."""
+    path = _cache_file(cache_dir, layer.digest) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            ops = _ops_from_json(json.loads(path.read_text("utf-8")), layer.digest)
+        except (ValueError, KeyError, TypeError, IndexError):
+            ops = None
+        if ops is not None:
+            return ops
+        log.info("index cache %s is unreadable; rebuilding it", path)
+    ops = index_layer(layer)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(_ops_to_json(layer.digest, ops), f, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return ops
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A path of the merged tree.
+
+    type is 'file', 'dir', 'symlink', 'hardlink' (a regular file sharing its content with
+    `linkname`, the merged path it was linked to), 'char', 'block' or 'fifo'. size is the content
+    size for 'file' and 'hardlink', else 0. layer is the index (bottom = 0) of the layer that
+    wrote this path.
+    """
+
+    path: str
+    type: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    linkname: str
+    layer: int
+    devmajor: int = 0
+    devminor: int = 0
+
+
+@dataclass(slots=True)
+class _Node:
+    type: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    linkname: str
+    layer: int  # layer that wrote the path
+    data_layer: int  # where the bytes live (differs from layer for hardlinks); -1: no bytes
+    data_ordinal: int
+    devmajor: int = 0
+    devminor: int = 0
+
+
+class _Loop(Exception):
+    pass
+
+
+class _Tree:
+    """The merged tree in memory: path -> node, and directory -> child names."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, _Node] = {}
+        self.children: dict[str, set[str]] = {"": set()}
+
+    # -- resolution -------------------------------------------------------------------------
+    def resolve(
+        self, path: str, *, follow_final: bool, create_layer: int | None = None
+    ) -> str | None:
+        """The real path of a normalized path, following symlinks inside the root.
+
+        Parents are always followed; the last component only with follow_final. Returns None when
+        a parent is missing or not a directory (unless create_layer is given: then missing
+        parents are made as implicit directories and a non-directory parent is an error). The
+        final component need not exist. Raises _Loop after MAX_SYMLINKS hops.
+        """
+        pending = [p for p in reversed(path.split("/")) if p not in ("", ".")]
+        cur: list[str] = []
+        hops = 0
+        while pending:
+            comp = pending.pop()
+            if comp == "..":
+                if cur:
+                    cur.pop()
+                continue
+            last = not pending
+            cand = "/".join([*cur, comp])
+            node = self.nodes.get(cand)
+            if node is None:
+                if last:
+                    cur.append(comp)
+                    break
+                if create_layer is None:
+                    return None
+                self._put(cand, _implicit_dir(create_layer))
+                cur.append(comp)
+                continue
+            if node.type == "symlink" and (follow_final or not last):
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise _Loop(path)
+                if node.linkname.startswith("/"):
+                    cur = []
+                pending.extend(p for p in reversed(node.linkname.split("/")) if p not in ("", "."))
+                continue
+            if not last and node.type != "dir":
+                if create_layer is not None:
+                    raise ImageFormatError(
+                        f"{cand!r} is a {node.type}, yet a layer puts {path!r} below it: the "
+                        "image is malformed"
+                    )
+                return None
+            cur.append(comp)
+        return "/".join(cur)
+
+    # -- mutation ---------------------------------------------------------------------------
+    def _put(self, path: str, node: _Node) -> None:
+        parent, base = wh.split(path)
+        self.nodes[path] = node
+        self.children.setdefault(parent, set()).add(base)
+        if node.type == "dir":
+            self.children.setdefault(path, set())
+
+    def remove_all(self, path: str) -> None:
+        """Remove a path and everything below it."""
+        if path not in self.nodes:
+            return
+        stack = [path]
+        while stack:
+            p = stack.pop()
+            self.nodes.pop(p, None)
+            for child in self.children.pop(p, ()):
+                stack.append(wh.join(p, child))
+        parent, base = wh.split(path)
+        self.children.get(parent, set()).discard(base)
+
+    def remove_lower(self, path: str, written: set[str], include_self: bool) -> None:
+        """Whiteout rule 3: remove what lower layers put at/under path, keeping `written`."""
+        if include_self and path not in written:
+            self.remove_all(path)
+            return
+        node = self.nodes.get(path)
+        if path and (node is None or node.type != "dir"):
+            return
+        for child in list(self.children.get(path, ())):
+            self.remove_lower(wh.join(path, child), written, True)
+
+    def apply(self, li: int, digest: str, ops: list[Op]) -> None:
+        written: set[str] = set()
+        for kind, arg in ops:
+            try:
+                if kind == "e":
+                    assert isinstance(arg, IndexEntry)
+                    self._apply_entry(li, digest, arg, written)
+                elif kind == "w":
+                    assert isinstance(arg, str)
+                    parent, base = wh.split(arg)
+                    rparent = self.resolve(parent, follow_final=True)
+                    if rparent is not None:
+                        self.remove_lower(wh.join(rparent, base), written, True)
+                elif kind == "o":
+                    assert isinstance(arg, str)
+                    rdir = self.resolve(arg, follow_final=True)
+                    if rdir is not None and (rdir == "" or rdir in self.nodes):
+                        self.remove_lower(rdir, written, False)
+            except _Loop as e:
+                raise ImageFormatError(
+                    f"layer {digest}: too many symlinks resolving {e.args[0]!r}: the image is "
+                    "malformed"
+                ) from None
+
+    def _apply_entry(self, li: int, digest: str, e: IndexEntry, written: set[str]) -> None:
+        if not e.name:
+            return  # the root directory itself: nothing to place
+        parent, base = wh.split(e.name)
+        rparent = self.resolve(parent, follow_final=True, create_layer=li)
+        assert rparent is not None
+        real = wh.join(rparent, base)
+        if e.type == "hardlink":
+            node = self._link_node(li, digest, e)
+            if node is None:
+                return
+        else:
+            node = _Node(
+                e.type, e.size, e.mode, e.uid, e.gid, e.mtime, e.linkname, li,
+                li if e.type == "file" else -1, e.ordinal, e.devmajor, e.devminor,
+            )  # fmt: skip
+        old = self.nodes.get(real)
+        if old is not None and not (old.type == "dir" and node.type == "dir"):
+            self.remove_all(real)
+        self._put(real, node)
+        # Mark the path and its ancestors as written by this layer (whiteout rule 3).
+        p = real
+        while p and p not in written:
+            written.add(p)
+            p = wh.split(p)[0]
+
+    def _link_node(self, li: int, digest: str, e: IndexEntry) -> _Node | None:
+        tparent, tbase = wh.split(e.linkname)
+        rparent = self.resolve(tparent, follow_final=True)
+        target = wh.join(rparent, tbase) if rparent is not None else None
+        tnode = self.nodes.get(target) if target is not None else None
+        if target is None or tnode is None:
+            raise ImageFormatError(
+                f"layer {digest}: hardlink {e.name!r} points to {e.linkname!r}, which does not "
+                "exist: the image is malformed"
+            )
+        if tnode.type == "dir":
+            raise ImageFormatError(
+                f"layer {digest}: hardlink {e.name!r} points to directory {e.linkname!r}: the "
+                "image is malformed"
+            )
+        if tnode.type in ("file", "hardlink"):
+            return _Node(
+                "hardlink", tnode.size, tnode.mode, tnode.uid, tnode.gid, tnode.mtime, target,
+                li, tnode.data_layer, tnode.data_ordinal,
+            )  # fmt: skip
+        # A hard link to a symlink or device is another name for that same kind of inode.
+        return _Node(
+            tnode.type, 0, tnode.mode, tnode.uid, tnode.gid, tnode.mtime, tnode.linkname, li, -1,
+            -1, tnode.devmajor, tnode.devminor,
+        )  # fmt: skip
+
+
+def _implicit_dir(layer: int) -> _Node:
+    # A parent a layer uses without listing it: what tar extraction would create.
+    return _Node("dir", 0, 0o755, 0, 0, 0, "", layer, -1, -1)
+
+
+def path_sort_key(path: str) -> tuple[str, ...]:
+    """Component-wise order: a parent right before its subtree."""
+    return tuple(path.split("/"))
+
+
+class MergedView:
+    """The merged filesystem of layers (bottom first, as in the manifest), read lazily."""
+
+    def __init__(self, layers: Sequence[TarLayer], index_cache_dir: Path | None = None) -> None:
+        self.layers = list(layers)
+        self.index_cache_dir = index_cache_dir
+        self._tree: _Tree | None = None
+
+    @property
+    def tree(self) -> _Tree:
+        if self._tree is None:
+            tree = _Tree()
+            for li, layer in enumerate(self.layers):
+                tree.apply(li, layer.digest, load_index(layer, self.index_cache_dir))
+            self._tree = tree
+        return self._tree
+
+    def _lookup(self, path: str, follow: bool) -> tuple[str, _Node | None] | None:
+        try:
+            real = self.tree.resolve(wh.normalize(path), follow_final=follow)
+        except _Loop:
+            return None  # like ELOOP: the path is not reachable
+        if real is None:
+            return None
+        if real == "":
+            return "", None
+        node = self.tree.nodes.get(real)
+        return None if node is None else (real, node)
+
+    def entry(self, path: str, *, follow_symlinks: bool = False) -> Entry | None:
+        """The entry at path (lstat-like: a final symlink is not followed unless asked)."""
+        found = self._lookup(path, follow_symlinks)
+        if found is None:
+            return None
+        real, node = found
+        if node is None:
+            return Entry("", "dir", 0, 0o755, 0, 0, 0, "", -1)
+        return _entry(real, node)
+
+    def exists(self, path: str) -> bool:
+        """True if path exists, following symlinks (a dangling or looping link: False)."""
+        return self._lookup(path, True) is not None
+
+    def listdir(self, path: str) -> list[str]:
+        """Sorted child names of a directory (symlinks followed); [] if absent or not a dir."""
+        found = self._lookup(path, True)
+        if found is None:
+            return []
+        real, node = found
+        if node is not None and node.type != "dir":
+            return []
+        return sorted(self.tree.children.get(real, ()))
+
+    def read_file(self, path: str) -> bytes | None:
+        """The content of a regular file (symlinks followed); None if absent or not a file."""
+        return self.read_files([path]).get(path)
+
+    def read_files(self, paths: Iterable[str]) -> dict[str, bytes]:
+        """Contents of many files, streaming each layer that holds any of them once.
+
+        Keys are the paths as given; paths absent or not regular files are left out.
+        """
+        out: dict[str, bytes] = {}
+        wanted: dict[int, dict[int, list[str]]] = {}
+        for path in paths:
+            found = self._lookup(path, True)
+            if found is None or found[1] is None:
+                continue
+            node = found[1]
+            if node.type not in ("file", "hardlink") or node.data_layer < 0:
+                continue
+            if node.size == 0:
+                out[path] = b""
+                continue
+            wanted.setdefault(node.data_layer, {}).setdefault(node.data_ordinal, []).append(path)
+        for li in sorted(wanted):
+            self._read_layer(li, wanted[li], out)
+        return out
+
+    def _read_layer(self, li: int, by_ordinal: dict[int, list[str]], out: dict[str, bytes]) -> None:
+        remaining = len(by_ordinal)
+
+        def visit(ordinal: int, m: tarfile.TarInfo, tf: tarfile.TarFile) -> bool:
+            nonlocal remaining
+            names = by_ordinal.get(ordinal)
+            if names is None:
+                return False
+            f = tf.extractfile(m)
+            data = f.read() if f is not None else b""
+            for name in names:
+                out[name] = data
+            remaining -= 1
+            return remaining == 0
+
+        scan_layer(self.layers[li], visit)
+        if remaining:
+            raise ImageFormatError(
+                f"layer {self.layers[li].digest} changed since it was indexed: clear the "
+                f"index cache ({self.index_cache_dir}) and retry"
+            )
+
+    def walk(self) -> Iterator[Entry]:
+        """Every path of the merged tree (root excluded), parents before their children."""
+        nodes = self.tree.nodes
+        for path in sorted(nodes, key=path_sort_key):
+            yield _entry(path, nodes[path])
+
+
+def _entry(path: str, n: _Node) -> Entry:
+    return Entry(
+        path, n.type, n.size, n.mode, n.uid, n.gid, n.mtime, n.linkname, n.layer, n.devmajor,
+        n.devminor,
+    )  # fmt: skip

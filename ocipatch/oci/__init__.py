@@ -1,0 +1,1 @@
+"""Images: references, media types, the lazy image model, sources and destinations."""

@@ -1,0 +1,81 @@
+"""The content-addressed blob cache under --cache-dir.
+
+Blobs land under `blobs/<alg>/<hex>` only after their digest and size were checked, through a
+temporary file and an atomic rename: two ocipatch processes sharing the cache can race to fetch
+the same blob and both end with the same verified file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ocipatch.oci.digest import VerifiedReader
+
+CHUNK = 1 << 20
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ocipatch"
+
+
+class BlobCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, digest: str) -> Path:
+        alg, _, hexpart = digest.partition(":")
+        return self.root / "blobs" / alg / hexpart
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def fetch(
+        self, digest: str, size: int | None, opener: Callable[[], BinaryIO], what: str = "blob"
+    ) -> Path:
+        """Return the cached file for digest, streaming it from opener() when missing."""
+        dest = self.path(digest)
+        if dest.is_file():
+            return dest
+        with self.writer(dest) as tmp, opener() as raw:
+            reader = VerifiedReader(raw, digest, size, what)
+            while chunk := reader.read(CHUNK):
+                tmp.write(chunk)
+            reader.finish()
+        return dest
+
+    @contextlib.contextmanager
+    def writer(self, dest: Path) -> Iterator[BinaryIO]:
+        """A temporary file beside dest, renamed onto it only if the block succeeds."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                yield tmp
+            os.replace(tmp_name, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+
+    def put_file(self, digest: str, src: Path) -> Path:
+        """Move an already-verified file (one we wrote ourselves) into the cache."""
+        dest = self.path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            try:
+                os.replace(src, dest)
+            except OSError:
+                shutil.copyfile(src, dest)
+        return dest
+
+    def work_dir(self, name: str) -> Path:
+        d = self.root / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d

@@ -1,0 +1,237 @@
+"""The lazy image model: an Image is a manifest, a config and Layers whose bytes are fetched only
+when read. Sources (registry, OCI layout, archives) implement the small `Source` protocol; this
+module derives the rest (index resolution, platform choice, verification, caching).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from ocipatch.errors import ImageFormatError, IntegrityError, PlatformError
+from ocipatch.fs.compress import open_decompressed
+from ocipatch.oci import mediatypes as mt
+from ocipatch.oci.cache import BlobCache
+from ocipatch.oci.digest import VerifiedReader, verify_bytes
+from ocipatch.oci.reference import ImageRef
+from ocipatch.oci.types import Descriptor, Platform
+
+
+class Source(Protocol):
+    """Where an image's bytes come from. Nothing returned here is trusted yet: callers verify."""
+
+    ref: ImageRef
+
+    def root_manifest(self) -> tuple[bytes, str]:
+        """The manifest or index the reference names, and its media type."""
+
+    def manifest(self, desc: Descriptor) -> bytes:
+        """A manifest named by digest (a child of an index)."""
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        """The raw bytes of a blob, unverified."""
+
+    def local_blob(self, desc: Descriptor) -> Path | None:
+        """A local file already holding the blob (OCI layout), or None."""
+
+
+class Layer:
+    """One layer: its descriptor and diff_id; bytes are fetched into the cache on first read."""
+
+    def __init__(self, desc: Descriptor, diff_id: str, source: Source | None, cache: BlobCache):
+        self.descriptor = desc
+        self.diff_id = diff_id
+        self._source = source
+        self._cache = cache
+        self._verified_path: Path | None = None
+
+    @property
+    def digest(self) -> str:
+        return self.descriptor.digest
+
+    @property
+    def compression(self) -> str:
+        return mt.compression_of(self.descriptor.media_type)
+
+    def path(self) -> Path:
+        """A local file holding the compressed blob, verified against its digest once."""
+        if self._verified_path is not None:
+            return self._verified_path
+        cached = self._cache.path(self.digest)
+        if cached.is_file():
+            self._verified_path = cached
+            return cached
+        if self._source is None:
+            raise IntegrityError(f"layer {self.digest} is missing from the cache")
+        local = self._source.local_blob(self.descriptor)
+        if local is not None:
+            # A layout's blob is read in place, but only after one full digest check.
+            with local.open("rb") as f:
+                VerifiedReader(f, self.digest, self.descriptor.size, "layer").finish()
+            self._verified_path = local
+            return local
+        src = self._source
+        self._verified_path = self._cache.fetch(
+            self.digest, self.descriptor.size, lambda: src.open_blob(self.descriptor), "layer"
+        )
+        return self._verified_path
+
+    def open_for_copy(self) -> BinaryIO:
+        """The compressed bytes for copying elsewhere: from the cache or a local file when
+        there, else streamed from the source (verified as read) without filling the cache."""
+        if self._verified_path is not None or self._cache.has(self.digest) or self._source is None:
+            return self.open_compressed()
+        local = self._source.local_blob(self.descriptor)
+        raw = local.open("rb") if local is not None else self._source.open_blob(self.descriptor)
+        return VerifiedReader(raw, self.digest, self.descriptor.size, "layer")  # type: ignore[return-value]
+
+    def open_compressed(self) -> BinaryIO:
+        return self.path().open("rb")
+
+    def open_tar(self) -> BinaryIO:
+        """The uncompressed tar stream. Its diff_id is checked when read to the end."""
+        raw = open_decompressed(self.open_compressed(), self.compression)
+        return VerifiedReader(raw, self.diff_id, None, "layer (uncompressed)")  # type: ignore[return-value]
+
+
+@dataclass
+class IndexInfo:
+    """The index an image was selected from, kept so that a destination can write a new index
+    that keeps every other platform."""
+
+    data: bytes
+    media_type: str
+    digest: str
+    entry: Descriptor
+
+
+@dataclass
+class Image:
+    ref: ImageRef
+    manifest_bytes: bytes
+    manifest_media_type: str
+    config_bytes: bytes
+    layers: list[Layer]
+    source: Source | None
+    index: IndexInfo | None = None
+    manifest: dict[str, Any] = field(init=False)
+    config: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.manifest = _load_json(self.manifest_bytes, "manifest")
+        self.config = _load_json(self.config_bytes, "image config")
+
+    @property
+    def digest(self) -> str:
+        from ocipatch.oci.digest import sha256_bytes
+
+        return sha256_bytes(self.manifest_bytes)
+
+    @property
+    def config_descriptor(self) -> Descriptor:
+        return Descriptor.from_json(self.manifest.get("config"), "config descriptor")
+
+    @property
+    def platform(self) -> Platform:
+        c = self.config
+        return Platform(str(c.get("os", "linux")), str(c.get("architecture", "")), c.get("variant"))
+
+    @property
+    def is_docker(self) -> bool:
+        return mt.is_docker(self.manifest_media_type)
+
+
+def _load_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ImageFormatError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ImageFormatError(f"{what} is not a JSON object")
+    return obj
+
+
+def media_type_of(data: bytes, declared: str) -> str:
+    """The media type a manifest declares; falls back to its mediaType field, then its shape."""
+    if declared and declared in mt.ALL_MANIFESTS:
+        return declared
+    obj = _load_json(data, "manifest")
+    inner = obj.get("mediaType")
+    if isinstance(inner, str) and inner in mt.ALL_MANIFESTS:
+        return inner
+    if "manifests" in obj:
+        return mt.OCI_INDEX
+    if "layers" in obj and "config" in obj:
+        return mt.OCI_MANIFEST
+    raise ImageFormatError(f"unsupported manifest media type {declared or inner!r}")
+
+
+def select_platform(index_bytes: bytes, want: Platform) -> Descriptor:
+    idx = _load_json(index_bytes, "image index")
+    entries = [Descriptor.from_json(m, "index entry") for m in idx.get("manifests") or []]
+    # Attestation manifests (buildx) carry platform unknown/unknown: never a match.
+    candidates = [e for e in entries if e.platform is not None and e.media_type in mt.MANIFESTS]
+    for e in candidates:
+        if e.platform is not None and want.matches(e.platform):
+            return e
+    have = ", ".join(sorted({str(e.platform) for e in candidates if e.platform})) or "none"
+    raise PlatformError(
+        f"platform {want} is not in the image index (it has: {have}): choose one with --platform"
+    )
+
+
+def load_image(source: Source, cache: BlobCache, platform: Platform | None = None) -> Image:
+    """Resolve the reference to one platform's manifest and read its config (both verified)."""
+    data, declared = source.root_manifest()
+    media_type = media_type_of(data, declared)
+    index: IndexInfo | None = None
+    if media_type in mt.INDEXES:
+        from ocipatch.oci.digest import sha256_bytes
+
+        entry = select_platform(data, platform or Platform.host())
+        index = IndexInfo(data, media_type, sha256_bytes(data), entry)
+        child = verify_bytes(source.manifest(entry), entry.digest, entry.size, "manifest")
+        media_type = media_type_of(child, entry.media_type)
+        if media_type in mt.INDEXES:
+            raise ImageFormatError(f"nested image index {entry.digest} is not supported")
+        data = child
+    manifest = _load_json(data, "manifest")
+    config_desc = Descriptor.from_json(manifest.get("config"), "config descriptor")
+    config_path = cache.fetch(
+        config_desc.digest, config_desc.size, lambda: source.open_blob(config_desc), "config"
+    )
+    config_bytes = config_path.read_bytes()
+    config = _load_json(config_bytes, "image config")
+    layer_descs = [
+        Descriptor.from_json(d, "layer descriptor") for d in manifest.get("layers") or []
+    ]
+    diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+    if len(diff_ids) != len(layer_descs):
+        raise ImageFormatError(
+            f"image config lists {len(diff_ids)} diff_ids for {len(layer_descs)} layers"
+        )
+    for d in layer_descs:
+        try:
+            mt.compression_of(d.media_type)
+        except ValueError:
+            raise ImageFormatError(
+                f"layer {d.digest} has unsupported media type {d.media_type!r}"
+            ) from None
+    if platform is not None and index is None:
+        have = Platform(
+            str(config.get("os", "")), str(config.get("architecture", "")), config.get("variant")
+        )
+        if not platform.matches(have):
+            raise PlatformError(
+                f"image {source.ref} is {have}, not {platform}: it has no index to choose from"
+            )
+    layers = [Layer(d, diff, source, cache) for d, diff in zip(layer_descs, diff_ids, strict=True)]
+    return Image(source.ref, data, media_type, config_bytes, layers, source, index)
+
+
+def iter_chunks(f: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := f.read(size):
+        yield chunk

@@ -1,0 +1,1 @@
+"""Scanner reports converted to one internal model."""

@@ -1,0 +1,1 @@
+"""Package repositories: signed index readers and the package download cache."""

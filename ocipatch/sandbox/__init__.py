@@ -1,0 +1,1 @@
+"""Sandboxes: one interface to run a command over an unpacked rootfs."""

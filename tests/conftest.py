@@ -1,0 +1,7 @@
+"""Shared pytest set-up: fixtures live in tests/plugins/, one module per area."""
+
+pytest_plugins = [
+    "tests.plugins.registry",
+    "tests.plugins.images",
+    "tests.plugins.aptrepo",
+]
