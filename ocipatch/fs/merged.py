@@ -87,7 +87,7 @@ def scan_layer(layer: TarLayer, visit: Visit) -> None:
     try:
         try:
             try:
-                tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 (we close stream)
+                tf = tarfile.open(fileobj=stream, mode="r|")
             except tarfile.ReadError as e:
                 if str(e) == "empty file":  # a 0-byte layer: nothing in it
                     return
@@ -130,9 +130,19 @@ class IndexEntry:
 
     def to_json(self) -> list[Any]:
         return [
-            "e", self.name, self.type, self.size, self.mode, self.uid, self.gid, self.mtime,
-            self.linkname, self.ordinal, self.devmajor, self.devminor,
-        ]  # fmt: skip
+            "e",
+            self.name,
+            self.type,
+            self.size,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.mtime,
+            self.linkname,
+            self.ordinal,
+            self.devmajor,
+            self.devminor,
+        ]
 
 
 # An index op, in tar order: ("e", IndexEntry) | ("w", deleted path) | ("o", opaque directory).
@@ -320,9 +330,9 @@ class _Tree:
         """The real path of a normalized path, following symlinks inside the root.
 
         Parents are always followed; the last component only with follow_final. Returns None when
-        a parent is missing or not a directory (unless create_layer is given: then missing
-        parents are made as implicit directories and a non-directory parent is an error). The
-        final component need not exist. Raises _Loop after MAX_SYMLINKS hops.
+        a parent is missing or not a directory; the final component need not exist. With
+        create_layer, path is a directory to make: every missing component becomes an implicit
+        directory and a non-directory one is an error. Raises _Loop after MAX_SYMLINKS hops.
         """
         pending = [p for p in reversed(path.split("/")) if p not in ("", ".")]
         cur: list[str] = []
@@ -337,14 +347,14 @@ class _Tree:
             cand = "/".join([*cur, comp])
             node = self.nodes.get(cand)
             if node is None:
+                if create_layer is not None:  # every component is a parent to create
+                    self._put(cand, _implicit_dir(create_layer))
+                    cur.append(comp)
+                    continue
                 if last:
                     cur.append(comp)
                     break
-                if create_layer is None:
-                    return None
-                self._put(cand, _implicit_dir(create_layer))
-                cur.append(comp)
-                continue
+                return None
             if node.type == "symlink" and (follow_final or not last):
                 hops += 1
                 if hops > MAX_SYMLINKS:
@@ -353,7 +363,7 @@ class _Tree:
                     cur = []
                 pending.extend(p for p in reversed(node.linkname.split("/")) if p not in ("", "."))
                 continue
-            if not last and node.type != "dir":
+            if (not last or create_layer is not None) and node.type != "dir":
                 if create_layer is not None:
                     raise ImageFormatError(
                         f"{cand!r} is a {node.type}, yet a layer puts {path!r} below it: the "
@@ -432,9 +442,19 @@ class _Tree:
                 return
         else:
             node = _Node(
-                e.type, e.size, e.mode, e.uid, e.gid, e.mtime, e.linkname, li,
-                li if e.type == "file" else -1, e.ordinal, e.devmajor, e.devminor,
-            )  # fmt: skip
+                e.type,
+                e.size,
+                e.mode,
+                e.uid,
+                e.gid,
+                e.mtime,
+                e.linkname,
+                li,
+                li if e.type == "file" else -1,
+                e.ordinal,
+                e.devmajor,
+                e.devminor,
+            )
         old = self.nodes.get(real)
         if old is not None and not (old.type == "dir" and node.type == "dir"):
             self.remove_all(real)
@@ -462,14 +482,32 @@ class _Tree:
             )
         if tnode.type in ("file", "hardlink"):
             return _Node(
-                "hardlink", tnode.size, tnode.mode, tnode.uid, tnode.gid, tnode.mtime, target,
-                li, tnode.data_layer, tnode.data_ordinal,
-            )  # fmt: skip
+                "hardlink",
+                tnode.size,
+                tnode.mode,
+                tnode.uid,
+                tnode.gid,
+                tnode.mtime,
+                target,
+                li,
+                tnode.data_layer,
+                tnode.data_ordinal,
+            )
         # A hard link to a symlink or device is another name for that same kind of inode.
         return _Node(
-            tnode.type, 0, tnode.mode, tnode.uid, tnode.gid, tnode.mtime, tnode.linkname, li, -1,
-            -1, tnode.devmajor, tnode.devminor,
-        )  # fmt: skip
+            tnode.type,
+            0,
+            tnode.mode,
+            tnode.uid,
+            tnode.gid,
+            tnode.mtime,
+            tnode.linkname,
+            li,
+            -1,
+            -1,
+            tnode.devmajor,
+            tnode.devminor,
+        )
 
 
 def _implicit_dir(layer: int) -> _Node:
@@ -592,6 +630,15 @@ class MergedView:
 
 def _entry(path: str, n: _Node) -> Entry:
     return Entry(
-        path, n.type, n.size, n.mode, n.uid, n.gid, n.mtime, n.linkname, n.layer, n.devmajor,
+        path,
+        n.type,
+        n.size,
+        n.mode,
+        n.uid,
+        n.gid,
+        n.mtime,
+        n.linkname,
+        n.layer,
+        n.devmajor,
         n.devminor,
-    )  # fmt: skip
+    )

@@ -210,7 +210,7 @@ def _error_detail(resp: requests.Response) -> str:
             if isinstance(err, dict):
                 code, msg = err.get("code", ""), err.get("message", "")
                 parts.append(f"{code}: {msg}" if code and msg else str(code or msg))
-    return ("; ".join(p for p in parts if p) or resp.reason or "")[:300]
+    return ("; ".join(dict.fromkeys(p for p in parts if p)) or resp.reason or "")[:300]
 
 
 class _SizedBody:

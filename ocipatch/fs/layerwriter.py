@@ -1,0 +1,169 @@
+"""Write Changes as a deterministic layer: tar, compressed, hashed on the fly.
+
+The same changes give the same bytes, so the same digest:
+- entries sorted component by component (parents before children, whiteouts before their
+  siblings), see ocipatch.fs.whiteout.sort_key;
+- PAX format always (Python's tarfile adds a PAX header only when a field does not fit ustar:
+  long or non-ASCII names, big ids, xattrs), no global header, no atime/ctime records;
+- headers carry the recorded uid/gid/mode of each change, never the disk's owner; uname and
+  gname are empty (numeric ids only, as runtimes use);
+- mtime policy: each entry keeps its mtime, clamped to `clamp_mtime` (default
+  $SOURCE_DATE_EPOCH if set, else DEFAULT_MTIME_CLAMP). Files a package manager writes "now"
+  (its status database, caches) so get the same, fixed time in every run; with the default
+  clamp, in practice every entry gets it. Pass your own clamp (e.g. the newest build date of the
+  installed packages) to keep the payloads' own mtimes (a .py keeping the mtime its .pyc
+  records avoids a stale-bytecode recompile at run time);
+- whiteouts are empty regular files, mode 0, owner 0:0, mtime 0;
+- gzip without file name and with mtime 0, zstd single-threaded (ocipatch.fs.compress).
+
+Nothing is held in memory beyond one read buffer: content streams from its source through tar,
+the diff_id hash (sha256 of the tar), the compressor and the digest hash (sha256 of the blob)
+into `out`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from ocipatch.fs.changes import Change, sort_changes
+from ocipatch.fs.compress import compressor
+
+# 2000-01-01T00:00:00Z. Files of a patch are younger, so by default they all get this time.
+DEFAULT_MTIME_CLAMP = 946684800
+_TYPES = {
+    "file": tarfile.REGTYPE,
+    "dir": tarfile.DIRTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "hardlink": tarfile.LNKTYPE,
+    "char": tarfile.CHRTYPE,
+    "block": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    digest: str  # sha256 of the blob as written (compressed)
+    diff_id: str  # sha256 of the uncompressed tar
+    size: int  # bytes written to out
+    compression: str = "gzip"
+
+
+class _HashingWriter:
+    """Counts and hashes what passes through to inner."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        self.inner.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        flush = getattr(self.inner, "flush", None)
+        if flush is not None:
+            flush()
+
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def default_clamp() -> int:
+    env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if env.isdigit():
+        return int(env)
+    return DEFAULT_MTIME_CLAMP
+
+
+def write_layer(
+    changes: Iterable[Change],
+    out: BinaryIO,
+    compression: str = "gzip",
+    *,
+    level: int | None = None,
+    clamp_mtime: int | None = None,
+) -> LayerInfo:
+    """Write changes as one layer blob to out; return its digest, diff_id and size.
+
+    out is left open. A change whose tar name repeats another's raises ValueError.
+    """
+    clamp = default_clamp() if clamp_mtime is None else clamp_mtime
+    ordered = sort_changes(list(changes))
+    seen: set[str] = set()
+    for c in ordered:
+        if c.tar_name in seen:
+            raise ValueError(f"two changes for {c.tar_name!r}: keep one")
+        seen.add(c.tar_name)
+
+    blob = _HashingWriter(out)
+    comp = compressor(compression, cast(BinaryIO, blob), level)
+    tar_stream = _HashingWriter(comp)
+    tf = tarfile.open(
+        fileobj=cast(BinaryIO, tar_stream),
+        mode="w|",
+        format=tarfile.PAX_FORMAT,
+        encoding="utf-8",
+    )
+    for c in ordered:
+        _add(tf, c, clamp)
+    tf.close()  # end-of-archive blocks
+    comp.close()  # end of the gzip member / zstd frame; out stays open
+    return LayerInfo(blob.digest(), tar_stream.digest(), blob.size, compression)
+
+
+def _header(c: Change, clamp: int) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(c.tar_name)
+    ti.uname = ""
+    ti.gname = ""
+    if c.type in ("delete", "opaque"):
+        ti.type = tarfile.REGTYPE
+        ti.mode = 0
+        ti.uid = ti.gid = 0
+        ti.mtime = 0
+        return ti
+    ti.type = _TYPES[c.type]
+    ti.mode = c.mode & 0o7777
+    ti.uid = c.uid
+    ti.gid = c.gid
+    ti.mtime = max(0, min(int(c.mtime), clamp))
+    if c.type in ("symlink", "hardlink"):
+        ti.linkname = c.linkname
+    if c.type in ("char", "block"):
+        ti.devmajor = c.devmajor
+        ti.devminor = c.devminor
+    if c.xattrs:
+        # tarfile writes str values; surrogateescape round-trips binary values (e.g.
+        # security.capability) and makes tarfile mark the header hdrcharset=BINARY.
+        ti.pax_headers = {
+            "SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape")
+            for k, v in sorted(c.xattrs.items())
+        }
+    return ti
+
+
+def _add(tf: tarfile.TarFile, c: Change, clamp: int) -> None:
+    ti = _header(c, clamp)
+    if c.type != "file":
+        tf.addfile(ti)
+        return
+    src = c.source
+    if src is None or isinstance(src, bytes):
+        data = src or b""
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+        return
+    fd = os.open(Path(src), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        ti.size = os.fstat(f.fileno()).st_size
+        tf.addfile(ti, f)
