@@ -180,3 +180,147 @@ def copy(source: str, destination: str, **kwargs: Any) -> None:
     img = ctx.open_image(src)
     digest = write_image(img, dst, ctx.registry_options)
     click.echo(digest)
+
+
+def _parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError:
+        raise UsageError(f"invalid --timeout {text!r}: use e.g. 90s, 10m or 1h") from None
+
+
+def _parse_mirror(text: str) -> tuple[str, str]:
+    src, sep, dst = text.partition("=")
+    if not sep or not src or not dst:
+        raise UsageError(
+            f"invalid --repo-mirror {text!r}: use FROM=TO, e.g. http://deb.example=http://mirror.lan"
+        )
+    return src, dst
+
+
+@main.command()
+@click.option("-i", "--image", required=True, help="Image to patch (any transport).")
+@click.option(
+    "-r",
+    "--report",
+    type=click.Path(path_type=Path),
+    help="Trivy JSON or copa native report; without it, every upgradable package is updated.",
+)
+@click.option("-t", "--tag", help="Destination: a bare tag (same repository) or a full reference.")
+@click.option(
+    "--tag-suffix",
+    default="patched",
+    show_default=True,
+    help="Suffix of the derived tag when -t is not given.",
+)
+@click.option(
+    "--vex",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write an OpenVEX 0.2.0 document of the fixed vulnerabilities.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+@click.option(
+    "--ignore-errors",
+    is_flag=True,
+    help="Skip packages that cannot reach their fixed version instead of failing.",
+)
+@click.option(
+    "--timeout", default="10m", show_default=True, help="Time limit for the package manager run."
+)
+@click.option(
+    "--compression", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change and push nothing.")
+@click.option("--sandbox", default="auto", show_default=True, help="auto, bwrap, proot or none.")
+@click.option(
+    "--repo-mirror",
+    "repo_mirrors",
+    multiple=True,
+    metavar="FROM=TO",
+    help="Rewrite package repository URLs for this patch only (repeatable).",
+)
+@click.option("--insecure-repos", is_flag=True, help="Turn off apt's signature checks (dangerous).")
+@click.option(
+    "--push",
+    is_flag=True,
+    hidden=True,
+    help="Accepted for copa compatibility: registry destinations are always pushed.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@registry_options
+@handle_errors
+def patch(
+    image: str,
+    report: Path | None,
+    tag: str | None,
+    tag_suffix: str,
+    vex: Path | None,
+    as_json: bool,
+    ignore_errors: bool,
+    timeout: str,
+    compression: str,
+    dry_run: bool,
+    sandbox: str,
+    repo_mirrors: tuple[str, ...],
+    insecure_repos: bool,
+    push: bool,
+    quiet: bool,
+    **kwargs: Any,
+) -> None:
+    """Update the OS packages of an image and write it with one patch layer.
+
+    Exit 0 when patched and when already up to date (--json's "status" tells which).
+    """
+    from ocipatch.patch import PatchOptions
+    from ocipatch.patch import patch as run_patch
+    from ocipatch.progress import Progress
+
+    ctx = build_context(kwargs)
+    progress = Progress(quiet=quiet)
+    if insecure_repos:
+        progress.note(
+            "WARNING: --insecure-repos turns off apt's signature checks: packages are not verified"
+        )
+    opts = PatchOptions(
+        image=image,
+        report=report,
+        tag=tag,
+        tag_suffix=tag_suffix,
+        vex=vex,
+        ignore_errors=ignore_errors,
+        timeout=_parse_duration(timeout),
+        compression=compression,
+        dry_run=dry_run,
+        sandbox=sandbox,
+        repo_mirrors=[_parse_mirror(m) for m in repo_mirrors],
+        insecure_repos=insecure_repos,
+    )
+    result = run_patch(ctx, opts, progress)
+    for note in result.notes:
+        progress.note(note)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    _print_result(result)
+
+
+def _print_result(result: Any) -> None:
+    if result.status == "dry-run" and result.plan is not None:
+        click.echo(f"{'package':30} {'installed':28} {'required':28} {'available':28} action")
+        for i in result.plan.items:
+            click.echo(
+                f"{i.name:30} {i.installed:28} {i.required or '-':28} {i.available or '-':28} {i.action}{' (' + i.reason + ')' if i.reason else ''}"
+            )
+        return
+    for name, old, new in result.updated:
+        click.echo(f"updated {name} {old or '(new)'} -> {new}")
+    for name, reason in result.skipped:
+        click.echo(f"skipped {name}: {reason}")
+    if result.status == "up-to-date":
+        click.echo(f"{result.source} is up to date")
+    else:
+        click.echo(f"{result.image}@{result.image_digest}")

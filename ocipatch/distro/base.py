@@ -34,3 +34,46 @@ class PackageManager(Protocol):
     def detect(cls, view: FileView) -> bool: ...
 
     def read_db(self, view: FileView) -> list[InstalledPackage]: ...
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A package that must end at `minimum` or above (None: whatever is newest)."""
+
+    name: str
+    minimum: str | None
+    vulnerabilities: tuple[str, ...] = ()
+
+
+@dataclass
+class PlanItem:
+    name: str
+    installed: str
+    required: str | None
+    available: str | None
+    action: str  # "update" | "skip"
+    reason: str = ""
+    vulnerabilities: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "installed": self.installed,
+            "required": self.required,
+            "available": self.available,
+            "action": self.action,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Plan:
+    items: list[PlanItem]
+
+    @property
+    def updates(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action == "update"]
+
+    @property
+    def skipped(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action == "skip"]

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypedDict
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import oras.auth
 import oras.auth.utils
@@ -44,6 +44,7 @@ import requests
 import requests.adapters
 import urllib3.exceptions
 
+from ocipatch import __version__
 from ocipatch.errors import (
     AuthError,
     IntegrityError,
@@ -69,7 +70,7 @@ _REPO = re.compile(
     r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
 )
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_UA = "ocipatch/0.1 (oras-py)"
+_UA = f"ocipatch/{__version__} (oras-py)"
 _HINT_UNREACHABLE = (
     "is the registry running? for a plain-HTTP registry use --plain-http / --insecure-registry HOST"
 )
@@ -150,7 +151,8 @@ def _listed(registry: str, entries: tuple[str, ...]) -> bool:
     """--insecure-registry HOST matches every port of HOST; HOST:PORT only that port."""
     host, port = split_host(registry.lower())
     for entry in entries:
-        e_host, e_port = split_host(entry.lower().strip().removeprefix("http://"))
+        bare = entry.lower().strip().removeprefix("http://").removeprefix("https://")
+        e_host, e_port = split_host(bare.rstrip("/"))
         if e_host == host and (e_port is None or e_port == port):
             return True
     return False
@@ -200,6 +202,8 @@ def _retry_after(resp: requests.Response) -> float | None:
 
 def _error_detail(resp: requests.Response) -> str:
     """'CODE: message' from a registry's JSON error body, else the HTTP reason."""
+    if resp.status_code == 400 and b"HTTP request to an HTTPS server" in resp.content[:1024]:
+        return "the registry speaks HTTPS: drop --plain-http / --insecure-registry for it"
     try:
         body = resp.json() if resp.content and len(resp.content) < 65536 else None
     except ValueError:
@@ -290,13 +294,19 @@ class _BlobRaw(io.RawIOBase):
         self._resumes += 1
         log.info("resuming %s at byte %d (%s)", self._digest, self._offset, _reason(exc))
         resp = self._client._blob_response(self._repository, self._digest, self._offset)
-        if resp.status_code == 206 and resp.headers.get("Content-Range", "").startswith(
-            f"bytes {self._offset}-"
-        ):
-            self._resp = resp
-            return
-        # A 200 (no range support) restarts the body: skip what we already have.
         self._resp = resp
+        if resp.status_code == 206:
+            if resp.headers.get("Content-Range", "").startswith(f"bytes {self._offset}-"):
+                return
+            raise RegistryError(
+                f"registry answered a resume at byte {self._offset} with range "
+                f"{resp.headers.get('Content-Range')!r}",
+                registry=self._client.registry,
+                repository=self._repository,
+                digest=self._digest,
+                status=206,
+            )
+        # A 200 (no range support) restarts the body: skip what we already have.
         skip = self._offset
         while skip:
             try:
@@ -409,8 +419,8 @@ class RegistryClient:
         try:
             if raw.length is not None and size >= 0 and raw.length != size:
                 raise IntegrityError(
-                    f"blob {digest} from {self.registry}/{repository} is announced with "
-                    f"{raw.length} bytes, expected {size}: content is corrupt or was tampered with"
+                    f"blob {digest} is announced with {raw.length} bytes, expected {size}: "
+                    "content is corrupt or was tampered with"
                 )
             fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
             try:
@@ -623,6 +633,13 @@ class RegistryClient:
             return target
         return f"{self._scheme or 'https'}://{self.api_host}{target}"
 
+    def _is_own(self, url: str) -> bool:
+        """Whether url points at this registry (default ports folded)."""
+        parts = urlsplit(url)
+        default = 443 if parts.scheme == "https" else 80
+        host, port = split_host(self.api_host)
+        return (parts.hostname or "", parts.port or default) == (host.lower(), port or default)
+
     def _delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return min(retry_after, MAX_DELAY)
@@ -655,7 +672,8 @@ class RegistryClient:
             probing = self._scheme is None and not target.startswith(("http://", "https://"))
             hdrs = dict(headers or {})
             auth = self._repo_auth.get(repository) or self._registry_auth
-            if auth:
+            # Credentials go only to the registry itself, never to a Location on another host.
+            if auth and self._is_own(url):
                 hdrs["Authorization"] = auth
             data = body() if callable(body) else body
             try:
@@ -716,6 +734,10 @@ class RegistryClient:
             if probing:
                 self._scheme = "https"
             status = resp.status_code
+            if status >= 400 and stream:
+                # Error bodies are small: read now so the message survives resp.close().
+                with contextlib.suppress(requests.exceptions.RequestException):
+                    _ = resp.content
             if status == 401:
                 resp.close()
                 if challenged:

@@ -1,0 +1,232 @@
+"""Running the image's own apt over its unpacked rootfs, in a sandbox.
+
+apt's indices and the downloaded .debs live in host directories of the cache, bound into the
+sandbox, so they are shared between runs (a warm cache re-downloads nothing), and they never
+land in the rootfs, so never in the patch layer. apt's signature checks stay on: every package
+is checked against the repository's signed index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ocipatch.errors import ApplyError, ResolveError
+from ocipatch.sandbox.base import APT_NO_PRIVILEGE_DROP, RunSpec, Sandbox, default_env, tail
+
+LISTS_INSIDE = "/var/lib/apt/lists"
+ARCHIVES_INSIDE = "/var/cache/ocipatch/archives"
+SOURCES_INSIDE = "/var/cache/ocipatch/sources.list.d"
+
+
+@dataclass
+class AptConfig:
+    cache_dir: Path  # host directory for apt lists and .debs, shared by runs
+    timeout: float | None = None
+    network: bool = True
+    mirrors: list[tuple[str, str]] = field(default_factory=list)  # URL prefix rewrites
+    insecure: bool = False  # --insecure-repos: apt's signature checks off (loud)
+    log: Path | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    installed: str | None
+    candidate: str | None
+
+
+class AptRunner:
+    def __init__(self, rootfs: Path, sandbox: Sandbox, config: AptConfig) -> None:
+        self.rootfs = rootfs
+        self.sandbox = sandbox
+        self.config = config
+        key = hashlib.sha256(self._sources_text().encode()).hexdigest()[:16]
+        self.lists = config.cache_dir / "apt-lists" / key
+        self.archives = config.cache_dir / "debs"
+        for d in (self.lists / "partial", self.archives / "partial"):
+            d.mkdir(parents=True, exist_ok=True)
+        self._sources_dir: Path | None = None
+        if config.mirrors:
+            self._sources_dir = config.cache_dir / "apt-sources" / key
+            self._write_mirrored_sources(self._sources_dir)
+
+    # -- sources ----------------------------------------------------------------------------
+    def _source_files(self) -> list[Path]:
+        files = []
+        main = self.rootfs / "etc/apt/sources.list"
+        if main.is_file():
+            files.append(main)
+        parts = self.rootfs / "etc/apt/sources.list.d"
+        if parts.is_dir():
+            files += sorted(p for p in parts.iterdir() if p.suffix in (".list", ".sources"))
+        return files
+
+    def _sources_text(self) -> str:
+        text = "".join(f"{p.name}\n{p.read_text(errors='replace')}" for p in self._source_files())
+        return text + repr(self.config.mirrors)
+
+    def _rewrite(self, text: str) -> str:
+        for src, dst in self.config.mirrors:
+            text = text.replace(src, dst)
+        return text
+
+    def _write_mirrored_sources(self, dest: Path) -> None:
+        """A copy of the image's sources with mirror prefixes rewritten: the patched image keeps
+        its own sources, apt reads these."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for old in dest.iterdir():
+            old.unlink()
+        for p in self._source_files():
+            name = "sources.list.list" if p.name == "sources.list" else p.name
+            (dest / name).write_text(self._rewrite(p.read_text(errors="replace")))
+
+    # -- running ----------------------------------------------------------------------------
+    def _apt_options(self) -> list[str]:
+        opts = [
+            *APT_NO_PRIVILEGE_DROP,
+            "-o",
+            f"Dir::Cache::Archives={ARCHIVES_INSIDE}/",
+            "-o",
+            "APT::Keep-Downloaded-Packages=true",
+            "-o",
+            "Acquire::Retries=3",
+            "-o",
+            "Dpkg::Use-Pty=0",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+        ]
+        if self._sources_dir is not None:
+            opts += [
+                "-o",
+                "Dir::Etc::SourceList=/dev/null",
+                "-o",
+                f"Dir::Etc::SourceParts={SOURCES_INSIDE}/",
+            ]
+        if self.config.insecure:
+            opts += [
+                "-o",
+                "Acquire::AllowInsecureRepositories=true",
+                "-o",
+                "APT::Get::AllowUnauthenticated=true",
+            ]
+        return opts
+
+    def run(self, argv: list[str], what: str) -> str:
+        binds: list[tuple[Path, str, bool]] = [
+            (self.lists, LISTS_INSIDE, False),
+            (self.archives, ARCHIVES_INSIDE, False),
+        ]
+        if self._sources_dir is not None:
+            binds.append((self._sources_dir, SOURCES_INSIDE, True))
+        env = default_env()
+        spec = RunSpec(
+            self.rootfs,
+            argv,
+            env=env,
+            binds=binds,
+            network=self.config.network,
+            timeout=self.config.timeout,
+        )
+        proc = self.sandbox.run(spec, self.config.log)
+        if proc.returncode != 0:
+            raise ApplyError(f"{what} failed (exit {proc.returncode}): {_last_error(proc.stdout)}")
+        return proc.stdout
+
+    def apt_get(self, *args: str, what: str) -> str:
+        return self.run(["apt-get", *self._apt_options(), *args], what)
+
+    # -- steps ------------------------------------------------------------------------------
+    def update(self) -> None:
+        try:
+            self.apt_get("update", what="apt-get update")
+        except ApplyError as e:
+            raise ResolveError(
+                f"{e}: check that the image's package repositories are reachable, or point them at "
+                "a mirror with --repo-mirror FROM=TO"
+            ) from None
+
+    def held(self) -> set[str]:
+        out = self.run(["apt-mark", "showhold"], "apt-mark showhold")
+        return {
+            line.strip().split(":")[0]
+            for line in out.splitlines()
+            if line.strip() and " " not in line.strip()
+        }
+
+    def candidates(self, names: list[str]) -> dict[str, Candidate]:
+        if not names:
+            return {}
+        out = self.run(
+            ["apt-cache", *APT_NO_PRIVILEGE_DROP, *self._source_opts(), "policy", *names],
+            "apt-cache policy",
+        )
+        return parse_policy(out)
+
+    def _source_opts(self) -> list[str]:
+        if self._sources_dir is None:
+            return []
+        return [
+            "-o",
+            "Dir::Etc::SourceList=/dev/null",
+            "-o",
+            f"Dir::Etc::SourceParts={SOURCES_INSIDE}/",
+        ]
+
+    def upgradable(self) -> list[str]:
+        out = self.apt_get("-s", "-q", "upgrade", "--with-new-pkgs", what="apt-get -s upgrade")
+        return sorted({m.group(1) for m in re.finditer(r"^Inst (\S+) \[", out, re.M)})
+
+    def install(self, names: list[str]) -> str:
+        return self.apt_get(
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "--only-upgrade",
+            *names,
+            what="apt-get install",
+        )
+
+    def downloaded_debs(self) -> list[Path]:
+        return sorted(self.archives.glob("*.deb"))
+
+
+_POLICY_HEAD = re.compile(r"^(\S+):$")
+
+
+def parse_policy(text: str) -> dict[str, Candidate]:
+    """`apt-cache policy` output -> name: (installed, candidate); '(none)' becomes None."""
+    out: dict[str, Candidate] = {}
+    name: str | None = None
+    installed: str | None = None
+    for line in text.splitlines():
+        m = _POLICY_HEAD.match(line)
+        if m:
+            name, installed = m.group(1).split(":")[0], None
+            continue
+        s = line.strip()
+        if name and s.startswith("Installed:"):
+            v = s.split(":", 1)[1].strip()
+            installed = None if v == "(none)" else v
+        elif name and s.startswith("Candidate:"):
+            v = s.split(":", 1)[1].strip()
+            out[name] = Candidate(name, installed, None if v == "(none)" else v)
+    return out
+
+
+def _last_error(output: str) -> str:
+    """The lines that say why: apt's E: lines and dpkg's errors, else the last lines."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if ln.startswith(("E:", "dpkg: error", "dpkg: dependency problems"))]
+    picked = errs[-3:] if errs else lines[-3:]
+    return " | ".join(picked) or tail(output, 3).replace("\n", " | ")
+
+
+def shell_join(argv: list[str]) -> str:
+    return shlex.join(argv)

@@ -1,0 +1,375 @@
+"""One patch, start to end: open -> read the package DB -> plan -> apply in a sandbox -> diff ->
+one squashed layer -> new manifest -> write (tag last) -> VEX and summary.
+
+Re-patching an image ocipatch made starts again from the original layers (recorded in a config
+label), so the result always has exactly one patch layer holding the old and the new changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ocipatch.context import Context
+from ocipatch.distro.adapters import Dpkg, detect
+from ocipatch.distro.apt import AptConfig, AptRunner
+from ocipatch.distro.base import InstalledPackage, Plan, Requirement
+from ocipatch.distro.debmeta import deb_file_meta, read_statoverride
+from ocipatch.distro.detect import OsRelease, read_os_release
+from ocipatch.distro.dpkg import DpkgPatcher, exclude
+from ocipatch.errors import UnsupportedError, UsageError
+from ocipatch.fs.changes import Change, diff, snapshot
+from ocipatch.fs.layerwriter import write_layer
+from ocipatch.fs.merged import MergedView
+from ocipatch.fs.unpack import unpack
+from ocipatch.oci import mediatypes as mt
+from ocipatch.oci.image import Image
+from ocipatch.oci.mutate import append_layer
+from ocipatch.oci.reference import ImageRef, parse_reference
+from ocipatch.oci.transport import write_image
+from ocipatch.oci.types import Descriptor
+from ocipatch.progress import Progress
+from ocipatch.reports.load import check_report_matches, load_report
+from ocipatch.reports.model import UpdateManifest
+
+LABEL_BASE_LAYERS = "dev.ocipatch.base.layers"
+LABEL_BASE_DIGEST = "dev.ocipatch.base.digest"
+HISTORY_PREFIX = "ocipatch patch"
+
+
+@dataclass
+class PatchOptions:
+    image: str
+    report: Path | None = None
+    tag: str | None = None
+    tag_suffix: str = "patched"
+    vex: Path | None = None
+    ignore_errors: bool = False
+    timeout: float | None = 600.0
+    compression: str = "gzip"
+    dry_run: bool = False
+    sandbox: str = "auto"
+    repo_mirrors: list[tuple[str, str]] = field(default_factory=list)
+    insecure_repos: bool = False
+
+
+@dataclass
+class PatchResult:
+    status: str  # "patched" | "up-to-date" | "dry-run"
+    source: ImageRef
+    source_digest: str
+    image: ImageRef | None = None
+    image_digest: str | None = None
+    updated: list[tuple[str, str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    vulnerabilities_fixed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    plan: Plan | None = None
+    seconds: float = 0.0
+    layer_size: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": self.status,
+            "source": {"reference": str(self.source), "digest": self.source_digest},
+            "image": {
+                "reference": str(self.image) if self.image else str(self.source),
+                "digest": self.image_digest or self.source_digest,
+            },
+            "updated": [{"name": n, "from": a, "to": b} for n, a, b in self.updated],
+            "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
+            "vulnerabilities_fixed": self.vulnerabilities_fixed,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 2),
+        }
+        if self.plan is not None and self.status == "dry-run":
+            out["plan"] = [i.to_json() for i in self.plan.items]
+        return out
+
+
+def destination_for(source: ImageRef, tag: str | None, suffix: str) -> ImageRef:
+    """-t as a full reference, a bare tag, or nothing: `<tag>-<suffix>` beside the source."""
+    if tag:
+        if (
+            any(tag.startswith(t + ":") for t in ("oci", "oci-archive", "docker-archive", "docker"))
+            or "/" in tag
+        ):
+            return parse_reference(tag)
+        return source.with_tag(tag)
+    base = source.tag
+    if not base:
+        raise UsageError(f"{source} has no tag to derive the patched tag from: pass -t TAG")
+    if base.endswith(f"-{suffix}"):
+        return source.with_tag(base)
+    return source.with_tag(f"{base}-{suffix}")
+
+
+def base_layer_count(image: Image) -> int:
+    """How many layers are the original image's: all, unless ocipatch made the top one."""
+    labels = (image.config.get("config") or {}).get("Labels") or {}
+    raw = labels.get(LABEL_BASE_LAYERS)
+    history = [h for h in image.config.get("history") or [] if not h.get("empty_layer")]
+    if raw is not None and str(raw).isdigit():
+        n = int(raw)
+        if (
+            n == len(image.layers) - 1
+            and history
+            and str(history[-1].get("created_by", "")).startswith(HISTORY_PREFIX)
+        ):
+            return n
+    return len(image.layers)
+
+
+def requirements_from(
+    report: UpdateManifest, installed: list[InstalledPackage]
+) -> tuple[list[Requirement], list[tuple[str, str]]]:
+    names = {p.name for p in installed}
+    reqs, skipped = [], []
+    for u in report.updates:
+        if u.name not in names:
+            skipped.append((u.name, "in the report but not installed in the image"))
+            continue
+        reqs.append(Requirement(u.name, u.fixed_version, tuple(u.vulnerability_ids)))
+    return reqs, skipped
+
+
+@contextlib.contextmanager
+def work_dir(ctx: Context) -> Iterator[Path]:
+    root = ctx.cache.work_dir("work")
+    path = Path(tempfile.mkdtemp(prefix="patch-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
+    started = time.monotonic()
+    src_ref = parse_reference(opts.image)
+    dest_ref = destination_for(src_ref, opts.tag, opts.tag_suffix)
+    if opts.compression not in ("gzip", "zstd"):
+        raise UsageError(f"--compression {opts.compression}: use gzip or zstd")
+    report = load_report(opts.report) if opts.report is not None else None
+
+    progress.step(f"Reading {src_ref}")
+    image = ctx.open_image(src_ref)
+    source_digest = image.index.digest if image.index is not None else image.digest
+    view = MergedView(image.layers, ctx.cache.work_dir("index"))
+    osr = read_os_release(view)
+    pm = detect(view)
+    if pm is None:
+        raise UnsupportedError(
+            f"{src_ref}: no package database found (dpkg, apk or rpm): nothing ocipatch can patch"
+        )
+    installed = pm.read_db(view)  # apk/rpm say "not supported yet" here
+    if not isinstance(pm, Dpkg):
+        raise UnsupportedError(f"{pm.name} images are not supported yet")
+    if Dpkg.is_distroless(view):
+        raise UnsupportedError(
+            f"{src_ref} is a distroless dpkg image (status.d, no apt): not supported yet"
+        )
+    if report is not None:
+        if report.ecosystem != "deb":
+            raise UnsupportedError(
+                f"the report is for a {report.os_type} image ({report.ecosystem} packages): not supported yet"
+            )
+        plat = image.platform
+        check_report_matches(
+            report,
+            osr.id if osr else "",
+            osr.version_id if osr else "",
+            plat.architecture,
+            plat.variant,
+        )
+
+    result = PatchResult("patched", src_ref, source_digest)
+    requirements: list[Requirement] | None = None
+    if report is not None:
+        requirements, result.skipped = requirements_from(report, installed)
+        if not requirements:
+            result.status = "up-to-date"
+            result.seconds = time.monotonic() - started
+            progress.done(
+                "Nothing to patch: every package in the report is already fixed or absent"
+            )
+            return result
+
+    keep = base_layer_count(image)
+    with work_dir(ctx) as work:
+        rootfs = work / "rootfs"
+        progress.step(f"Unpacking {len(image.layers)} layers")
+        own = unpack(image.layers[:keep], rootfs)
+        snap = snapshot(rootfs, own, exclude=exclude)
+        if keep < len(image.layers):
+            progress.step("Re-patch: replaying the previous patch layer")
+            for path, owner in unpack(image.layers[keep:], rootfs).items():
+                own[path] = owner
+
+        from ocipatch.sandbox.select import select_sandbox
+
+        sandbox = select_sandbox(opts.sandbox)
+        progress.step(f"Running apt in {sandbox.name}")
+        runner = AptRunner(
+            rootfs,
+            sandbox,
+            AptConfig(
+                cache_dir=ctx.cache.work_dir("apt"),
+                timeout=opts.timeout,
+                mirrors=opts.repo_mirrors,
+                insecure=opts.insecure_repos,
+                log=work / "apt.log",
+            ),
+        )
+        patcher = DpkgPatcher(rootfs, runner)
+        plan = patcher.plan(installed, requirements, ignore_errors=opts.ignore_errors)
+        result.plan = plan
+        result.skipped += [(i.name, i.reason) for i in plan.skipped]
+        if opts.dry_run:
+            result.status = "dry-run"
+            result.seconds = time.monotonic() - started
+            return result
+        if not plan.updates and keep == len(image.layers):
+            result.status = "up-to-date"
+            result.seconds = time.monotonic() - started
+            progress.done("Nothing to patch: no newer packages")
+            return result
+        outcome = patcher.apply(plan)
+        failed = patcher.verify(plan, ignore_errors=opts.ignore_errors)
+        result.skipped += [(i.name, i.reason) for i in failed]
+        result.updated = outcome.updated
+        result.notes += outcome.notes
+
+        progress.step("Writing the patch layer")
+        changes = diff(snap, rootfs, exclude, ownership=own)
+        changes = _with_package_ownership(changes, rootfs, runner, outcome.updated)
+        result.notes += _conffile_notes(changes)
+        new_image, size = _new_image(ctx, image, keep, changes, opts.compression, result, osr)
+        result.layer_size = size
+        progress.step(f"Writing {dest_ref}")
+        result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
+        result.image = dest_ref
+
+    fixed_ids: set[str] = set()
+    failed_names = {n for n, _ in result.skipped}
+    for item in plan.updates:
+        if item.name not in failed_names:
+            fixed_ids.update(item.vulnerabilities)
+    result.vulnerabilities_fixed = sorted(fixed_ids)
+    if opts.vex is not None:
+        _write_vex(opts.vex, result, plan, osr, image, new_image)
+    result.seconds = time.monotonic() - started
+    progress.done(f"Patched {len(result.updated)} packages -> {dest_ref}")
+    return result
+
+
+def _with_package_ownership(
+    changes: list[Change], rootfs: Path, runner: AptRunner, updated: list[tuple[str, str, str]]
+) -> list[Change]:
+    """Owners and modes from the installed .debs (then statoverride), not from the disk of an
+    unprivileged sandbox."""
+    wanted = {(n, v) for n, _, v in updated}
+    debs = [p for p in runner.downloaded_debs() if _deb_key(p) in wanted]
+    meta = deb_file_meta(debs)
+    meta.update(read_statoverride(rootfs))
+    out = []
+    for c in changes:
+        m = meta.get(c.path)
+        if m is not None and c.type in ("file", "dir"):
+            c = replace(c, uid=m.uid, gid=m.gid, mode=m.mode)
+        elif m is not None and c.type == "symlink":
+            c = replace(c, uid=m.uid, gid=m.gid)
+        out.append(c)
+    return out
+
+
+def _deb_key(path: Path) -> tuple[str, str]:
+    from urllib.parse import unquote
+
+    parts = path.name[: -len(".deb")].split("_")
+    return (parts[0], unquote(parts[1])) if len(parts) >= 2 else (path.name, "")
+
+
+def _conffile_notes(changes: list[Change]) -> list[str]:
+    return [
+        f"kept the image's /{c.path[: -len('.dpkg-dist')]}; the package's new version is /{c.path}"
+        for c in changes
+        if c.path.endswith(".dpkg-dist") and c.type == "file"
+    ]
+
+
+def _new_image(
+    ctx: Context,
+    image: Image,
+    keep: int,
+    changes: list[Change],
+    compression: str,
+    result: PatchResult,
+    osr: OsRelease | None,
+) -> tuple[Image, int]:
+    tmp_dir = ctx.cache.work_dir("tmp")
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as out:
+        info = write_layer(changes, out, compression)  # type: ignore[arg-type]
+    ctx.cache.put_file(info.digest, Path(out.name))
+    media = mt.layer_media_type(compression, image.is_docker)
+    desc = Descriptor(media, info.digest, info.size)
+    summary = ", ".join(f"{n} {b}" for n, _, b in result.updated[:20])
+    history = {
+        "created_by": f"{HISTORY_PREFIX}: {summary}" + (" …" if len(result.updated) > 20 else ""),
+        "comment": "ocipatch",
+    }
+    base_digest = _original_digest(image, keep)
+    labels = {LABEL_BASE_LAYERS: str(keep), LABEL_BASE_DIGEST: base_digest}
+    return append_layer(
+        image, desc, info.diff_id, ctx.cache, history=history, labels=labels, keep_layers=keep
+    ), info.size
+
+
+def _original_digest(image: Image, keep: int) -> str:
+    labels = (image.config.get("config") or {}).get("Labels") or {}
+    if keep < len(image.layers) and labels.get(LABEL_BASE_DIGEST):
+        return str(labels[LABEL_BASE_DIGEST])
+    return image.digest
+
+
+def _write_vex(
+    path: Path,
+    result: PatchResult,
+    plan: Plan,
+    osr: OsRelease | None,
+    image: Image,
+    new_image: Image,
+) -> None:
+    from ocipatch.vex import FixedVuln, build_vex, deb_purl, oci_purl, vex_json
+
+    assert result.image is not None and result.image_digest is not None
+    arch = image.platform.architecture
+    failed = {n for n, _ in result.skipped}
+    new_versions = {n: v for n, _, v in result.updated}
+    by_vuln: dict[str, list[str]] = {}
+    for item in plan.updates:
+        if item.name in failed or item.name not in new_versions:
+            continue
+        purl = deb_purl(
+            osr.id if osr else "debian",
+            item.name,
+            new_versions[item.name],
+            arch,
+            osr.version_id if osr else None,
+        )
+        for v in item.vulnerabilities:
+            by_vuln.setdefault(v, []).append(purl)
+    if not by_vuln:
+        return
+    ref = result.image
+    if ref.is_registry:
+        product = oci_purl(ref.name, new_image.digest, ref.tag, arch)
+    else:
+        product = oci_purl("", new_image.digest, ref.tag, arch, name=Path(ref.path).stem or "image")
+    doc = build_vex(product, [FixedVuln(v, sorted(p)) for v, p in sorted(by_vuln.items())])
+    path.write_text(vex_json(doc))

@@ -1,0 +1,336 @@
+"""What every sandbox backend shares: the run request, the protocol, and the process plumbing.
+
+A backend runs one command with an unpacked rootfs as `/`, read-write, so that the image's own
+package manager can update it in place. The sandbox sees only the rootfs, a fresh /proc and a
+minimal /dev, a private /tmp, the host's /etc/resolv.conf (read-only) and the binds the caller
+asks for. See docs/sandbox.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol, runtime_checkable
+
+from ocipatch.errors import ApplyError, SandboxError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+
+# apt drops privileges to the `_apt` user for downloads; a sandbox maps a single uid, so that
+# switch fails (setgroups: EPERM, setresuid: EINVAL). Pass these to every apt-get call.
+APT_NO_PRIVILEGE_DROP: tuple[str, ...] = ("-o", "APT::Sandbox::User=root")
+
+
+def default_env() -> dict[str, str]:
+    return {
+        "PATH": DEFAULT_PATH,
+        "LANG": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "HOME": "/root",
+    }
+
+
+@dataclass
+class RunSpec:
+    """One command to run over `rootfs`.
+
+    `binds` are (host path, path inside, read_only). `network=True` shares the host network (apt
+    needs the mirror); False gives the sandbox its own network namespace with only loopback.
+    `timeout` (seconds) kills the whole process tree and raises `CommandTimeout`.
+    """
+
+    rootfs: Path
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=default_env)
+    binds: Sequence[tuple[Path, str, bool]] = ()
+    network: bool = True
+    cwd: str = "/"
+    timeout: float | None = None
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    name: str
+
+    def available(self) -> tuple[bool, str]:
+        """(works here?, reason if not), found by actually running `true`."""
+        ...
+
+    def run(self, spec: RunSpec, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `spec`; stdout holds stdout+stderr merged (also written to `log`)."""
+        ...
+
+
+class CommandTimeout(ApplyError):
+    """The command ran past its timeout; its whole process tree was killed."""
+
+
+def tail(text: str, lines: int = 20) -> str:
+    """The last `lines` lines of `text`, for one-line error messages plus context."""
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def check_spec(spec: RunSpec) -> Path:
+    """Validate the parts every backend relies on; return the resolved rootfs."""
+    root = spec.rootfs.resolve()
+    if not root.is_dir():
+        raise SandboxError(f"rootfs {spec.rootfs} is not a directory; unpack the image first")
+    if not spec.argv:
+        raise SandboxError("nothing to run: the command line is empty")
+    if not spec.cwd.startswith("/"):
+        raise SandboxError(f"working directory {spec.cwd!r} must be an absolute path")
+    for host, inside, _ro in spec.binds:
+        if not os.path.lexists(host):
+            raise SandboxError(f"bind source {host} does not exist")
+        if not inside.startswith("/"):
+            raise SandboxError(f"bind target {inside!r} must be an absolute path")
+    return root
+
+
+# --- paths inside the rootfs ------------------------------------------------------------------
+
+
+def resolve_in_root(root: Path, path: str, *, max_links: int = 40) -> str:
+    """Resolve `path` as if `root` were `/` (chroot semantics), following symlinks that exist.
+
+    Absolute link targets restart at `root`; `..` never climbs above it. The result is an
+    absolute in-root path whose existing components are no symlinks; missing tail components
+    are kept as they are. This is where a mount point must go so that the backend does not
+    follow a rootfs symlink out to the host.
+    """
+    parts = [p for p in path.split("/") if p and p != "."]
+    done: list[str] = []
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        host = root.joinpath(*done, name)
+        try:
+            st = os.lstat(host)
+        except FileNotFoundError:
+            done.append(name)
+            done.extend(p for p in parts if p not in ("", "."))
+            # Missing: nothing more to resolve; normalise any `..` left in the tail.
+            out: list[str] = []
+            for p in done:
+                if p == "..":
+                    if out:
+                        out.pop()
+                else:
+                    out.append(p)
+            return "/" + "/".join(out)
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > max_links:
+                raise SandboxError(f"too many symlinks resolving {path} in {root}")
+            target = os.readlink(host)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        done.append(name)
+    return "/" + "/".join(done)
+
+
+@dataclass
+class _Created:
+    path: Path  # the topmost component the backend will create
+    parent: Path
+    parent_names: frozenset[str]
+    parent_times: tuple[int, int]
+
+
+class MountPoints:
+    """Remember which mount points a backend will create in the rootfs, and remove them after.
+
+    bwrap creates an empty file or directory (and missing parents) for every mount target that
+    does not exist. Left behind, an empty /etc/resolv.conf would end up in the patch layer, so
+    each one is removed after the run (only if still empty), and the parent directory's times
+    are restored when its list of entries is unchanged.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._created: list[_Created] = []
+
+    def note(self, inside: str) -> None:
+        parts = [p for p in inside.split("/") if p]
+        cur = self.root
+        for part in parts:
+            nxt = cur / part
+            if not os.path.lexists(nxt):
+                if any(c.path == nxt for c in self._created):
+                    return
+                st = os.stat(cur)
+                self._created.append(
+                    _Created(nxt, cur, frozenset(os.listdir(cur)), (st.st_atime_ns, st.st_mtime_ns))
+                )
+                return
+            cur = nxt
+
+    def cleanup(self) -> None:
+        for c in reversed(self._created):
+            _remove_empty_tree(c.path)
+            with contextlib.suppress(OSError):
+                if frozenset(os.listdir(c.parent)) == c.parent_names:
+                    os.utime(c.parent, ns=c.parent_times, follow_symlinks=False)
+        self._created.clear()
+
+
+def _remove_empty_tree(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        for child in os.listdir(path):
+            _remove_empty_tree(path / child)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # fails, rightly, when the command put something there
+    elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        os.unlink(path)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        # Field 4 (ppid) follows the command name, which may itself contain ") ".
+        fields = data[data.rfind(b")") + 2 :].split()
+        kids.setdefault(int(fields[1]), []).append(int(entry.name))
+    return kids
+
+
+def descendants(pid: int) -> set[int]:
+    kids = _children_map()
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process below it, leaving no orphan behind.
+
+    The root is stopped first (for proot this freezes every tracee at its next system call, so
+    nothing can fork or daemonise), the tree is collected until it stops growing, then all of
+    it is killed bottom-up. proot does not kill its tracees when it dies; they would run on,
+    untraced, with the host's filesystem, which is why this walk exists.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    seen: set[int] = set()
+    for _ in range(20):
+        found = descendants(pid) - seen
+        if not found:
+            break
+        for p in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGSTOP)
+        seen |= found
+    for p in seen:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def output_file(log: Path | None) -> Iterator[IO[bytes]]:
+    """The file that receives the merged output: `log` when given, else a temporary file."""
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w+b") as fh:
+            yield fh
+    else:
+        with tempfile.TemporaryFile() as fh:
+            yield fh
+
+
+def run_process(
+    cmd: list[str],
+    *,
+    spec: RunSpec,
+    backend: str,
+    log: Path | None,
+    pass_fds: Sequence[int] = (),
+    preexec: Callable[[], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """Run `cmd` with stdout+stderr merged into the log; enforce `spec.timeout`.
+
+    Returns (exit status, output). On timeout or interruption the whole tree is killed.
+    """
+    with output_file(log) as out:
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=spec.env if env is None else env,
+                pass_fds=tuple(pass_fds),
+                start_new_session=True,
+                umask=0o022,
+                preexec_fn=preexec,
+            )
+        except OSError as e:
+            raise SandboxError(f"cannot start the {backend} sandbox: {e}") from e
+        try:
+            rc = proc.wait(timeout=spec.timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid)
+            proc.wait()
+            text = _read(out)
+            where = f"; log: {log}" if log else ""
+            raise CommandTimeout(
+                f"{' '.join(spec.argv)!s} did not finish within {spec.timeout:g} s in the "
+                f"{backend} sandbox and was killed; raise the timeout or check the mirror"
+                f"{where}\n{tail(text)}"
+            ) from None
+        except BaseException:
+            kill_tree(proc.pid)
+            proc.wait()
+            raise
+        return rc, _read(out)
+
+
+def _read(fh: IO[bytes]) -> str:
+    fh.flush()
+    fh.seek(0)
+    return fh.read().decode("utf-8", errors="replace")
+
+
+def wait_gone(pids: set[int], timeout: float = 5.0) -> bool:
+    """True once none of `pids` exists any more (used by tests and after kills)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not any(os.path.exists(f"/proc/{p}") for p in pids):
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,91 @@
+"""proot backend: ptrace-based path translation, for hosts without user namespaces.
+
+`proot -0 -r ROOT -b /proc -b /dev -b TMP:/tmp ...` rewrites every path of every known system
+call so that ROOT appears as `/`, and with -0 fakes uid 0 and the success of chown and mknod.
+Weaker than bwrap (see docs/sandbox.md): no namespaces, so the host's processes and network
+stay visible (`network=False` cannot be honoured), binds cannot be made read-only, and
+system calls proot 5.1 does not know would bypass the translation — a seccomp filter installed
+before proot starts makes those fail with ENOSYS so that programs fall back to translated ones.
+Slower too: every system call stops in the tracer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ocipatch.errors import SandboxError
+from ocipatch.sandbox.base import HOST_RESOLV_CONF, RunSpec, check_spec, resolve_in_root, tail
+from ocipatch.sandbox.base import run_process as _run_process
+from ocipatch.sandbox.seccomp import preexec_loader, proot_filter
+
+
+class ProotSandbox:
+    name = "proot"
+
+    def __init__(self, executable: str | None = None) -> None:
+        self.executable = executable or shutil.which("proot") or ""
+
+    def available(self) -> tuple[bool, str]:
+        if not self.executable:
+            return False, "proot is not installed (Debian/Ubuntu: apt-get install proot)"
+        true = shutil.which("true") or "/bin/true"
+        try:
+            loader = preexec_loader(proot_filter())
+            out = subprocess.run(
+                [self.executable, "-0", true],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+                preexec_fn=loader,
+            )
+        except (OSError, subprocess.SubprocessError, SandboxError) as e:
+            return False, f"proot did not run: {e}"
+        if out.returncode != 0:
+            why = tail(out.stderr, 3) or f"exit status {out.returncode}"
+            return False, f"proot cannot trace processes here ({why}); ptrace may be forbidden"
+        return True, ""
+
+    def command(self, spec: RunSpec, root: Path, tmp: Path) -> list[str]:
+        if spec.argv[0].startswith("-"):
+            # proot has no `--`: the command would be read as an option.
+            raise SandboxError(f"proot cannot run a command named {spec.argv[0]!r}")
+        cmd = [self.executable, "-0", "-r", str(root), "-b", "/proc", "-b", "/dev"]
+        cmd += ["-b", f"{tmp}:{resolve_in_root(root, '/tmp')}"]
+        if spec.network and HOST_RESOLV_CONF.exists():
+            inside = resolve_in_root(root, "/etc/resolv.conf")
+            if not (root / inside.lstrip("/")).is_dir():
+                cmd += ["-b", f"{HOST_RESOLV_CONF.resolve()}:{inside}"]
+        for host, where, _read_only in spec.binds:
+            # proot has no read-only binds: the host path's own permissions apply.
+            cmd += ["-b", f"{Path(host).resolve()}:{resolve_in_root(root, where)}"]
+        cmd += ["-w", spec.cwd, *spec.argv]
+        return cmd
+
+    def run(self, spec: RunSpec, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+        if not self.executable:
+            raise SandboxError("proot is not installed (Debian/Ubuntu: apt-get install proot)")
+        root = check_spec(spec)
+        loader = preexec_loader(proot_filter())
+        with tempfile.TemporaryDirectory(
+            prefix="ocipatch-proot-tmp-", ignore_cleanup_errors=True
+        ) as tmp:
+            cmd = self.command(spec, root, Path(tmp))
+            try:
+                rc, output = _run_process(
+                    cmd, spec=spec, backend=self.name, log=log, preexec=loader
+                )
+            except subprocess.SubprocessError as e:
+                raise SandboxError(f"cannot start the proot sandbox: {e}") from e
+        errors = [
+            ln for ln in output.splitlines() if ln.startswith(("proot error:", "fatal error:"))
+        ]
+        if rc != 0 and errors:
+            raise SandboxError(
+                f"the proot sandbox could not start {spec.argv[0]!r}: {'; '.join(errors[:2])}"
+                + (f" (log: {log})" if log else "")
+            )
+        return subprocess.CompletedProcess(cmd, rc, output, "")
