@@ -208,8 +208,7 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
         snap = snapshot(rootfs, own, exclude=exclude)
         if keep < len(image.layers):
             progress.step("Re-patch: replaying the previous patch layer")
-            for path, owner in unpack(image.layers[keep:], rootfs).items():
-                own[path] = owner
+            unpack(image.layers[keep:], rootfs, ownership=own)
 
         from ocipatch.sandbox.select import select_sandbox
 

@@ -212,7 +212,7 @@ def _type_of(mode: int) -> str | None:
 
 
 def _scan(root: Path, exclude: Exclude | None) -> dict[str, os.stat_result]:
-    """lstat of every path under root, relative paths; excluded paths and their subtrees left out."""
+    """lstat of every path under root, by relative path; excluded paths and subtrees left out."""
     out: dict[str, os.stat_result] = {}
     stack = [""]
     while stack:

@@ -14,6 +14,8 @@ The same changes give the same bytes, so the same digest:
   installed packages) to keep the payloads' own mtimes (a .py keeping the mtime its .pyc
   records avoids a stale-bytecode recompile at run time);
 - whiteouts are empty regular files, mode 0, owner 0:0, mtime 0;
+- a hardlink comes after its target even if its name sorts first, and its header repeats the
+  target's mode, owner and mtime (as GNU tar and Docker write them);
 - gzip without file name and with mtime 0, zstd single-threaded (ocipatch.fs.compress).
 
 Nothing is held in memory beyond one read buffer: content streams from its source through tar,
@@ -28,7 +30,7 @@ import io
 import os
 import tarfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -115,11 +117,38 @@ def write_layer(
         format=tarfile.PAX_FORMAT,
         encoding="utf-8",
     )
-    for c in ordered:
+    by_path = {c.path: c for c in ordered if c.type not in ("delete", "opaque")}
+    for c in _links_after_targets(ordered):
+        if c.type == "hardlink" and c.linkname in by_path:
+            # Hardlink headers carry their inode's metadata, as GNU tar and Docker write them.
+            t = by_path[c.linkname]
+            c = replace(c, mode=t.mode, uid=t.uid, gid=t.gid, mtime=t.mtime, xattrs={})
         _add(tf, c, clamp)
     tf.close()  # end-of-archive blocks
     comp.close()  # end of the gzip member / zstd frame; out stays open
     return LayerInfo(blob.digest(), tar_stream.digest(), blob.size, compression)
+
+
+def _links_after_targets(ordered: list[Change]) -> list[Change]:
+    """Sorted order, except that a hardlink waits until its target (if in this layer) is out:
+    extractors resolve a hardlink against what they have already written."""
+    present = {c.path for c in ordered if c.type not in ("delete", "opaque")}
+    out: list[Change] = []
+    emitted: set[str] = set()
+    waiting: dict[str, list[Change]] = {}
+    for c in ordered:
+        if c.type == "hardlink" and c.linkname in present and c.linkname not in emitted:
+            waiting.setdefault(c.linkname, []).append(c)
+            continue
+        queue = [c]
+        while queue:
+            cur = queue.pop(0)
+            out.append(cur)
+            emitted.add(cur.path)
+            queue.extend(waiting.pop(cur.path, []))
+    # Links whose target never came (a cycle of hardlinks): keep them, in order.
+    out.extend(c for links in waiting.values() for c in links)
+    return out
 
 
 def _header(c: Change, clamp: int) -> tarfile.TarInfo:

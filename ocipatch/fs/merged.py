@@ -11,6 +11,7 @@ paths returned are normalized relative paths (`"etc/os-release"`, the root is `"
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -103,7 +104,7 @@ def scan_layer(layer: TarLayer, visit: Visit) -> None:
                     break
                 ordinal += 1
             drain(stream)
-        except (tarfile.TarError, zlib.error, zstandard.ZstdError, EOFError) as e:
+        except (tarfile.TarError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError, EOFError) as e:
             raise ImageFormatError(
                 f"layer {layer.digest} is not a readable tar stream ({e}): the blob is corrupt "
                 "or not a layer"

@@ -196,18 +196,28 @@ def xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
 
 
 def unpack(
-    layers: Sequence[TarLayer], dest: Path, *, privileged: bool | None = None
+    layers: Sequence[TarLayer],
+    dest: Path,
+    *,
+    privileged: bool | None = None,
+    ownership: OwnershipMap | None = None,
 ) -> OwnershipMap:
     """Apply layers (bottom first) into dest, which is created if missing.
 
     privileged defaults to "running as root". Returns the intended metadata of every path; save
-    it with `OwnershipMap.save(state_dir / OWNERSHIP_FILE)`. Raises UnsafeArchiveError for
-    entries escaping the root and ImageFormatError for malformed layers.
+    it with `OwnershipMap.save(state_dir / OWNERSHIP_FILE)`. To apply more layers over a tree an
+    earlier call unpacked, pass that call's map as ownership: it is updated in place (deletions
+    included) and returned. Raises UnsafeArchiveError for entries escaping the root and
+    ImageFormatError for malformed layers.
     """
+    if ownership is not None:
+        if privileged is not None and privileged != ownership.privileged:
+            raise ValueError("privileged differs from the ownership map being continued")
+        privileged = ownership.privileged
     if privileged is None:
         privileged = os.geteuid() == 0
     dest.mkdir(parents=True, exist_ok=True)
-    u = _Unpacker(dest, privileged)
+    u = _Unpacker(dest, privileged, ownership)
     for layer in layers:
         u.apply_layer(layer)
     u.finish()
@@ -215,13 +225,14 @@ def unpack(
 
 
 class _Unpacker:
-    def __init__(self, dest: Path, privileged: bool) -> None:
+    def __init__(self, dest: Path, privileged: bool, ownership: OwnershipMap | None) -> None:
         self.root = os.path.abspath(dest)
         self.privileged = privileged
-        self.ownership = OwnershipMap(privileged=privileged)
+        self.ownership = ownership if ownership is not None else OwnershipMap(privileged=privileged)
         self._dirs: dict[str, int] = {}  # directory -> mtime, applied at the end
         self._dir_cache: dict[str, str] = {}  # resolved parent directories; cleared on delete
-        self._off_disk: set[str] = set()  # recorded device nodes that are not on disk
+        # Recorded device nodes that are not on disk.
+        self._off_disk = {p for p, o in self.ownership.items() if not o.on_disk}
         self._written: set[str] = set()
         self._digest = ""
 
