@@ -41,6 +41,11 @@ def handle_errors(fn: F) -> F:
             _fail(str(e), e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", EXIT_INTERRUPTED)
+        except OSError as e:  # disk full, permissions: the file and the reason say enough
+            if debug:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            _fail(f"{e.strerror or e}:{where}", 1)
         except Exception as e:  # an unexpected bug: still one line unless --debug
             if debug:
                 raise

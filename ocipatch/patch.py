@@ -129,11 +129,17 @@ def base_layer_count(image: Image) -> int:
 def requirements_from(
     report: UpdateManifest, installed: list[InstalledPackage]
 ) -> tuple[list[Requirement], list[tuple[str, str]]]:
-    names = {p.name for p in installed}
+    """Requirements of the report the image does not meet yet (it may be newer than the report,
+    e.g. when patching an image ocipatch already patched)."""
+    from ocipatch.distro.versions import compare_deb
+
+    versions = {p.name: p.version for p in installed}
     reqs, skipped = [], []
     for u in report.updates:
-        if u.name not in names:
+        if u.name not in versions:
             skipped.append((u.name, "in the report but not installed in the image"))
+            continue
+        if compare_deb(versions[u.name], u.fixed_version) >= 0:
             continue
         reqs.append(Requirement(u.name, u.fixed_version, tuple(u.vulnerability_ids)))
     return reqs, skipped
@@ -233,7 +239,7 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
             result.status = "dry-run"
             result.seconds = time.monotonic() - started
             return result
-        if not plan.updates and keep == len(image.layers):
+        if not plan.updates:
             result.status = "up-to-date"
             result.seconds = time.monotonic() - started
             progress.done("Nothing to patch: no newer packages")

@@ -34,7 +34,9 @@ def newest_versions(arch: str = "amd64") -> dict[str, str]:
     return newest
 
 
-def trivy_report(installed: dict[str, str], fixed: dict[str, str], arch: str = "amd64", os_name: str = "12.5") -> dict[str, object]:
+def trivy_report(
+    installed: dict[str, str], fixed: dict[str, str], arch: str = "amd64", os_name: str = "12.5"
+) -> dict[str, object]:
     """A Trivy JSON (SchemaVersion 2) report: one CVE-TEST id per package needing an update."""
     vulns = [
         {
@@ -50,6 +52,16 @@ def trivy_report(installed: dict[str, str], fixed: dict[str, str], arch: str = "
         "SchemaVersion": 2,
         "ArtifactName": "test",
         "ArtifactType": "container_image",
-        "Metadata": {"OS": {"Family": "debian", "Name": os_name}, "ImageConfig": {"architecture": arch, "os": "linux"}},
-        "Results": [{"Target": "test (debian 12)", "Class": "os-pkgs", "Type": "debian", "Vulnerabilities": vulns}],
+        "Metadata": {
+            "OS": {"Family": "debian", "Name": os_name},
+            "ImageConfig": {"architecture": arch, "os": "linux"},
+        },
+        "Results": [
+            {
+                "Target": "test (debian 12)",
+                "Class": "os-pkgs",
+                "Type": "debian",
+                "Vulnerabilities": vulns,
+            }
+        ],
     }

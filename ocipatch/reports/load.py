@@ -59,7 +59,11 @@ def parse_report(doc: Any, report: str = "report") -> UpdateManifest:
 def load_report(path: Path) -> UpdateManifest:
     """Read and convert one report file; every problem is a one-line ReportError."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as e:
+        raise ReportError(f"cannot read report {path}: {e.strerror or e}") from None
+    if is_dir:
         raise ReportError(
             f"{path} is a directory: a report directory is for multi-platform images, "
             "not supported yet; pass the report file of the one platform being patched"

@@ -71,7 +71,15 @@ class Sandbox(Protocol):
 
 
 class CommandTimeout(ApplyError):
-    """The command ran past its timeout; its whole process tree was killed."""
+    """The command ran past its timeout; its whole process tree was killed.
+
+    The message is one line; `output_tail` holds the last lines the command printed.
+    """
+
+    def __init__(self, message: str, *, output_tail: str = "", log: Path | None = None) -> None:
+        super().__init__(message)
+        self.output_tail = output_tail
+        self.log = log
 
 
 def tail(text: str, lines: int = 20) -> str:
@@ -84,6 +92,14 @@ def check_spec(spec: RunSpec) -> Path:
     root = spec.rootfs.resolve()
     if not root.is_dir():
         raise SandboxError(f"rootfs {spec.rootfs} is not a directory; unpack the image first")
+    owner = root.stat().st_uid
+    if owner != os.geteuid():
+        # Only the invoking user is mapped in the sandbox: a tree owned by anyone else could
+        # not be written by the package manager.
+        raise SandboxError(
+            f"rootfs {root} belongs to uid {owner}, not to the user running the sandbox "
+            f"(uid {os.geteuid()}); unpack it as this user"
+        )
     if not spec.argv:
         raise SandboxError("nothing to run: the command line is empty")
     if not spec.cwd.startswith("/"):
@@ -307,17 +323,25 @@ def run_process(
             kill_tree(proc.pid)
             proc.wait()
             text = _read(out)
-            where = f"; log: {log}" if log else ""
+            where = f" (log: {log})" if log else ""
+            last = tail(text, 1).strip()
             raise CommandTimeout(
-                f"{' '.join(spec.argv)!s} did not finish within {spec.timeout:g} s in the "
-                f"{backend} sandbox and was killed; raise the timeout or check the mirror"
-                f"{where}\n{tail(text)}"
+                f"{_short(spec.argv)} did not finish within {spec.timeout:g} s in the "
+                f"{backend} sandbox and was killed{where}; last output: {last!r}; "
+                "raise the timeout or check that the package mirror answers",
+                output_tail=tail(text),
+                log=log,
             ) from None
         except BaseException:
             kill_tree(proc.pid)
             proc.wait()
             raise
         return rc, _read(out)
+
+
+def _short(argv: Sequence[str], limit: int = 120) -> str:
+    text = " ".join(argv)
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def _read(fh: IO[bytes]) -> str:

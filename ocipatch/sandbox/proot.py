@@ -17,7 +17,14 @@ import tempfile
 from pathlib import Path
 
 from ocipatch.errors import SandboxError
-from ocipatch.sandbox.base import HOST_RESOLV_CONF, RunSpec, check_spec, resolve_in_root, tail
+from ocipatch.sandbox.base import (
+    HOST_RESOLV_CONF,
+    MountPoints,
+    RunSpec,
+    check_spec,
+    resolve_in_root,
+    tail,
+)
 from ocipatch.sandbox.base import run_process as _run_process
 from ocipatch.sandbox.seccomp import preexec_loader, proot_filter
 
@@ -49,19 +56,23 @@ class ProotSandbox:
             return False, f"proot cannot trace processes here ({why}); ptrace may be forbidden"
         return True, ""
 
-    def command(self, spec: RunSpec, root: Path, tmp: Path) -> list[str]:
+    def command(self, spec: RunSpec, root: Path, tmp: Path, mounts: MountPoints) -> list[str]:
+        """The proot command line; notes the bind targets proot may create in the rootfs."""
         if spec.argv[0].startswith("-"):
             # proot has no `--`: the command would be read as an option.
             raise SandboxError(f"proot cannot run a command named {spec.argv[0]!r}")
-        cmd = [self.executable, "-0", "-r", str(root), "-b", "/proc", "-b", "/dev"]
-        cmd += ["-b", f"{tmp}:{resolve_in_root(root, '/tmp')}"]
+        cmd = [self.executable, "-0", "-r", str(root)]
+        binds: list[tuple[str, str]] = [("/proc", "/proc"), ("/dev", "/dev"), (str(tmp), "/tmp")]
         if spec.network and HOST_RESOLV_CONF.exists():
             inside = resolve_in_root(root, "/etc/resolv.conf")
             if not (root / inside.lstrip("/")).is_dir():
-                cmd += ["-b", f"{HOST_RESOLV_CONF.resolve()}:{inside}"]
-        for host, where, _read_only in spec.binds:
-            # proot has no read-only binds: the host path's own permissions apply.
-            cmd += ["-b", f"{Path(host).resolve()}:{resolve_in_root(root, where)}"]
+                binds.append((str(HOST_RESOLV_CONF.resolve()), inside))
+        # proot has no read-only binds: the host path's own permissions apply.
+        binds += [(str(Path(host).resolve()), where) for host, where, _ro in spec.binds]
+        for host, where in binds:
+            inside = resolve_in_root(root, where)
+            mounts.note(inside)
+            cmd += ["-b", f"{host}:{inside}"]
         cmd += ["-w", spec.cwd, *spec.argv]
         return cmd
 
@@ -73,13 +84,16 @@ class ProotSandbox:
         with tempfile.TemporaryDirectory(
             prefix="ocipatch-proot-tmp-", ignore_cleanup_errors=True
         ) as tmp:
-            cmd = self.command(spec, root, Path(tmp))
+            mounts = MountPoints(root)
+            cmd = self.command(spec, root, Path(tmp), mounts)
             try:
                 rc, output = _run_process(
                     cmd, spec=spec, backend=self.name, log=log, preexec=loader
                 )
             except subprocess.SubprocessError as e:
                 raise SandboxError(f"cannot start the proot sandbox: {e}") from e
+            finally:
+                mounts.cleanup()
         errors = [
             ln for ln in output.splitlines() if ln.startswith(("proot error:", "fatal error:"))
         ]
