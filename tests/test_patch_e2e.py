@@ -9,9 +9,9 @@ import os
 import pwd
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Iterator
-import tarfile
 from pathlib import Path
 from typing import Any
 
