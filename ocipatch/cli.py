@@ -41,6 +41,9 @@ def handle_errors(fn: F) -> F:
             _fail(str(e), e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", EXIT_INTERRUPTED)
+        except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing to say
+            sys.stderr.close()
+            sys.exit(1)
         except OSError as e:  # disk full, permissions: the file and the reason say enough
             if debug:
                 raise
