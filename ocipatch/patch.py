@@ -252,7 +252,7 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
 
         progress.step("Writing the patch layer")
         changes = diff(snap, rootfs, exclude, ownership=own)
-        changes = _with_package_ownership(changes, rootfs, runner, outcome.updated)
+        changes = _with_package_ownership(changes, rootfs, outcome.debs)
         result.notes += _conffile_notes(changes)
         new_image, size = _new_image(ctx, image, keep, changes, opts.compression, result, osr)
         result.layer_size = size
@@ -273,13 +273,9 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     return result
 
 
-def _with_package_ownership(
-    changes: list[Change], rootfs: Path, runner: AptRunner, updated: list[tuple[str, str, str]]
-) -> list[Change]:
+def _with_package_ownership(changes: list[Change], rootfs: Path, debs: list[Path]) -> list[Change]:
     """Owners and modes from the installed .debs (then statoverride), not from the disk of an
     unprivileged sandbox."""
-    wanted = {(n, v) for n, _, v in updated}
-    debs = [p for p in runner.downloaded_debs() if _deb_key(p) in wanted]
     meta = deb_file_meta(debs)
     meta.update(read_statoverride(rootfs))
     out = []
@@ -291,13 +287,6 @@ def _with_package_ownership(
             c = replace(c, uid=m.uid, gid=m.gid)
         out.append(c)
     return out
-
-
-def _deb_key(path: Path) -> tuple[str, str]:
-    from urllib.parse import unquote
-
-    parts = path.name[: -len(".deb")].split("_")
-    return (parts[0], unquote(parts[1])) if len(parts) >= 2 else (path.name, "")
 
 
 def _conffile_notes(changes: list[Change]) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from ocipatch.distro.apt import AptRunner
 from ocipatch.distro.base import InstalledPackage, Plan, PlanItem, Requirement
@@ -71,6 +72,8 @@ class AptOutcome:
     updated: list[tuple[str, str, str]] = field(default_factory=list)  # (name, from, to)
     notes: list[str] = field(default_factory=list)
     output: str = ""
+    # The package files that were installed: the patch layer takes owners and modes from them.
+    debs: list[Path] = field(default_factory=list)
 
 
 def too_old_message(items: list[PlanItem]) -> str:
@@ -84,6 +87,13 @@ def too_old_message(items: list[PlanItem]) -> str:
         " synced yet, or a fix not yet published); update or resync the mirror and rescan, or pass"
         " --ignore-errors to patch the rest and list these as skipped"
     )
+
+
+def deb_key(path: Path) -> tuple[str, str]:
+    """(name, version) from a .deb file name as apt saves it: NAME_VERSION_ARCH.deb, with the
+    epoch's ':' written as %3a."""
+    parts = path.name.removesuffix(".deb").split("_")
+    return (parts[0], unquote(parts[1])) if len(parts) >= 2 else (path.name, "")
 
 
 class DpkgPatcher:
@@ -159,6 +169,8 @@ class DpkgPatcher:
                 outcome.updated.append((name, "", new))
             elif old.version != new:
                 outcome.updated.append((name, old.version, new))
+        wanted = {(n, v) for n, _, v in outcome.updated}
+        outcome.debs = [p for p in self.runner.downloaded_debs() if deb_key(p) in wanted]
         for line in output.splitlines():
             if "Keeping old config file" in line or "keeping old config" in line.lower():
                 outcome.notes.append(line.strip())

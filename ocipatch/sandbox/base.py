@@ -87,6 +87,11 @@ def tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
+def oneline(text: str) -> str:
+    """Several lines joined into one, for error messages that must stay on one line."""
+    return " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
 def check_spec(spec: RunSpec) -> Path:
     """Validate the parts every backend relies on; return the resolved rootfs."""
     root = spec.rootfs.resolve()
@@ -277,15 +282,21 @@ def kill_tree(pid: int) -> None:
 
 
 @contextlib.contextmanager
-def output_file(log: Path | None) -> Iterator[IO[bytes]]:
-    """The file that receives the merged output: `log` when given, else a temporary file."""
+def output_file(log: Path | None, header: str) -> Iterator[tuple[IO[bytes], int]]:
+    """The file that receives the merged output, and where this run's output starts.
+
+    A given `log` is appended to (one log for all the steps of a patch), after a header line;
+    without one, a temporary file is used.
+    """
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w+b") as fh:
-            yield fh
+        with log.open("a+b") as fh:
+            fh.write(f"### {header}\n".encode())
+            fh.flush()
+            yield fh, fh.tell()
     else:
         with tempfile.TemporaryFile() as fh:
-            yield fh
+            yield fh, 0
 
 
 def run_process(
@@ -302,7 +313,7 @@ def run_process(
 
     Returns (exit status, output). On timeout or interruption the whole tree is killed.
     """
-    with output_file(log) as out:
+    with output_file(log, f"{backend}: {' '.join(spec.argv)}") as (out, start):
         try:
             proc = subprocess.Popen(
                 cmd,
@@ -322,7 +333,7 @@ def run_process(
         except subprocess.TimeoutExpired:
             kill_tree(proc.pid)
             proc.wait()
-            text = _read(out)
+            text = _read(out, start)
             where = f" (log: {log})" if log else ""
             last = tail(text, 1).strip()
             raise CommandTimeout(
@@ -336,7 +347,7 @@ def run_process(
             kill_tree(proc.pid)
             proc.wait()
             raise
-        return rc, _read(out)
+        return rc, _read(out, start)
 
 
 def _short(argv: Sequence[str], limit: int = 120) -> str:
@@ -344,9 +355,9 @@ def _short(argv: Sequence[str], limit: int = 120) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-def _read(fh: IO[bytes]) -> str:
+def _read(fh: IO[bytes], start: int) -> str:
     fh.flush()
-    fh.seek(0)
+    fh.seek(start)
     return fh.read().decode("utf-8", errors="replace")
 
 

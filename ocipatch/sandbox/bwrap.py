@@ -26,6 +26,7 @@ from ocipatch.sandbox.base import (
     MountPoints,
     RunSpec,
     check_spec,
+    oneline,
     resolve_in_root,
     run_process,
     tail,
@@ -75,7 +76,7 @@ class BwrapSandbox:
         finally:
             os.close(fd)
         if out.returncode != 0:
-            why = tail(out.stderr, 3) or f"exit status {out.returncode}"
+            why = oneline(tail(out.stderr, 3)) or f"exit status {out.returncode}"
             return False, (
                 f"bwrap cannot create a user namespace here ({why}); allow unprivileged user "
                 "namespaces (sysctl user.max_user_namespaces>0, "
@@ -142,7 +143,7 @@ class BwrapSandbox:
         started = _command_exited(status) if json_status else None
         if rc != 0 and (started is False or (started is None and _bwrap_failed(output))):
             lines = [ln for ln in output.splitlines() if ln.startswith("bwrap: ")]
-            reason = "; ".join(lines[-3:]) or tail(output, 3) or f"exit status {rc}"
+            reason = "; ".join(lines[-3:]) or oneline(tail(output, 3)) or f"exit status {rc}"
             raise SandboxError(
                 f"the bwrap sandbox could not start {spec.argv[0]!r}: {reason}"
                 + (f" (log: {log})" if log else "")

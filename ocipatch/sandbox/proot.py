@@ -22,10 +22,11 @@ from ocipatch.sandbox.base import (
     MountPoints,
     RunSpec,
     check_spec,
+    oneline,
     resolve_in_root,
+    run_process,
     tail,
 )
-from ocipatch.sandbox.base import run_process as _run_process
 from ocipatch.sandbox.seccomp import preexec_loader, proot_filter
 
 
@@ -52,7 +53,7 @@ class ProotSandbox:
         except (OSError, subprocess.SubprocessError, SandboxError) as e:
             return False, f"proot did not run: {e}"
         if out.returncode != 0:
-            why = tail(out.stderr, 3) or f"exit status {out.returncode}"
+            why = oneline(tail(out.stderr, 3)) or f"exit status {out.returncode}"
             return False, f"proot cannot trace processes here ({why}); ptrace may be forbidden"
         return True, ""
 
@@ -87,9 +88,7 @@ class ProotSandbox:
             mounts = MountPoints(root)
             cmd = self.command(spec, root, Path(tmp), mounts)
             try:
-                rc, output = _run_process(
-                    cmd, spec=spec, backend=self.name, log=log, preexec=loader
-                )
+                rc, output = run_process(cmd, spec=spec, backend=self.name, log=log, preexec=loader)
             except subprocess.SubprocessError as e:
                 raise SandboxError(f"cannot start the proot sandbox: {e}") from e
             finally:
