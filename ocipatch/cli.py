@@ -253,6 +253,10 @@ def _parse_mirror(text: str) -> tuple[str, str]:
 )
 @click.option("--insecure-repos", is_flag=True, help="Turn off apt's signature checks (dangerous).")
 @click.option(
+    "--tooling-image",
+    help="Distroless images: image providing apt/dpkg [default: debian:<major>-slim or ubuntu:<version>].",
+)
+@click.option(
     "--push",
     is_flag=True,
     hidden=True,
@@ -306,6 +310,7 @@ def patch(
         sandbox=sandbox,
         repo_mirrors=[_parse_mirror(m) for m in repo_mirrors],
         insecure_repos=insecure_repos,
+        tooling_image=tooling_image,
     )
     result = run_patch(ctx, opts, progress)
     for note in result.notes:

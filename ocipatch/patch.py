@@ -57,6 +57,7 @@ class PatchOptions:
     sandbox: str = "auto"
     repo_mirrors: list[tuple[str, str]] = field(default_factory=list)
     insecure_repos: bool = False
+    tooling_image: str | None = None  # distroless: the image whose apt/dpkg does the work
 
 
 @dataclass

@@ -35,6 +35,10 @@ DEFAULT_EPOCH = 1700000000  # 2023-11-14: any fixed value makes the tarball repr
 CACHE_DIR = Path.home() / ".cache" / "ocipatch-tests"
 
 
+class RootfsBuildError(RuntimeError):
+    """The rootfs cannot be built here (no apt source for the suite, mmdebstrap failed...)."""
+
+
 @dataclass(frozen=True)
 class AptSource:
     """One deb822 stanza of an apt sources file."""
@@ -125,8 +129,8 @@ def archive_sources(
         stanzas.append(
             AptSource(("deb",), src.uris, (want,), tuple(comps), src.signed_by).to_deb822()
         )
-    if missing and (suite in missing):
-        raise SystemExit(
+    if suite in missing:
+        raise RootfsBuildError(
             f"no apt source for suite {suite!r} in {sources_dir}/*.sources; "
             "add one or pass another --suite"
         )
@@ -175,11 +179,16 @@ def build_rootfs_tarball(
     version), so a change of any of them builds a new tarball.
     """
     if shutil.which("mmdebstrap") is None:
-        raise SystemExit("mmdebstrap is not installed: apt-get install mmdebstrap")
-    arch = arch or subprocess.run(
-        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    sources = archive_sources(suite, updates=updates, components=components, sources_dir=sources_dir)
+        raise RootfsBuildError("mmdebstrap is not installed: apt-get install mmdebstrap")
+    arch = (
+        arch
+        or subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    sources = archive_sources(
+        suite, updates=updates, components=components, sources_dir=sources_dir
+    )
     includes = sorted(set(include))
     key = _cache_key(
         {
@@ -218,7 +227,7 @@ def build_rootfs_tarball(
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.splitlines()[-20:])
-                raise SystemExit(f"mmdebstrap failed (exit {proc.returncode}):\n{tail}")
+                raise RootfsBuildError(f"mmdebstrap failed (exit {proc.returncode}):\n{tail}")
             # Drop device nodes so that an unprivileged user can unpack the tarball.
             part = cache / f".{name}.part"
             with raw.open("rb") as fin, part.open("wb") as fout:
@@ -247,18 +256,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.print_sources:
         print(archive_sources(a.suite, updates=a.updates, components=comps), end="")
         return 0
-    path = build_rootfs_tarball(
-        a.suite,
-        updates=a.updates,
-        include=[i for i in a.include.split(",") if i],
-        variant=a.variant,
-        arch=a.arch,
-        components=comps,
-        mode=a.mode,
-        cache_dir=a.cache_dir,
-        source_date_epoch=a.epoch,
-        force=a.force,
-    )
+    try:
+        path = build_rootfs_tarball(
+            a.suite,
+            updates=a.updates,
+            include=[i for i in a.include.split(",") if i],
+            variant=a.variant,
+            arch=a.arch,
+            components=comps,
+            mode=a.mode,
+            cache_dir=a.cache_dir,
+            source_date_epoch=a.epoch,
+            force=a.force,
+        )
+    except RootfsBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(path)
     return 0
 
