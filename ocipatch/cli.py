@@ -278,6 +278,7 @@ def patch(
     dry_run: bool,
     sandbox: str,
     repo_mirrors: tuple[str, ...],
+    tooling_image: str | None,
     insecure_repos: bool,
     push: bool,
     quiet: bool,
