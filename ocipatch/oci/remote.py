@@ -719,7 +719,9 @@ class RegistryClient:
                         f"cannot resolve registry host {self.api_host}; check the image reference",
                         **where,
                     ) from None
-                if attempt < retries:
+                # A refused connection is rarely transient (nothing listens): fail fast.
+                refused = any(isinstance(c, ConnectionRefusedError) for c in _causes(e))
+                if attempt < (min(retries, 1) if refused else retries):
                     log.info("%s %s: %s; retrying", method, url, _reason(e))
                     time.sleep(self._delay(attempt))
                     attempt += 1

@@ -14,7 +14,6 @@ import signal
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,13 +358,3 @@ def _read(fh: IO[bytes], start: int) -> str:
     fh.flush()
     fh.seek(start)
     return fh.read().decode("utf-8", errors="replace")
-
-
-def wait_gone(pids: set[int], timeout: float = 5.0) -> bool:
-    """True once none of `pids` exists any more (used by tests and after kills)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not any(os.path.exists(f"/proc/{p}") for p in pids):
-            return True
-        time.sleep(0.05)
-    return False
