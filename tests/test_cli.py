@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,8 +18,13 @@ from tests.test_image import debianish_layers
 def run(*args: str, cwd: Path | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "ocipatch", *args], capture_output=True, text=True, env=env, cwd=cwd,
-        input=stdin, timeout=120,
+        [sys.executable, "-m", "ocipatch", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        input=stdin,
+        timeout=120,
     )
 
 
@@ -31,9 +37,21 @@ def test_inspect_json(layout: synth.Built, tmp_path: Path) -> None:
     r = run("inspect", "--json", "--cache-dir", str(tmp_path / "c"), f"oci:{layout.layout}:v1")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    assert set(info) >= {"reference", "digest", "platform", "os", "package_manager", "packages", "layers"}
+    assert set(info) >= {
+        "reference",
+        "digest",
+        "platform",
+        "os",
+        "package_manager",
+        "packages",
+        "layers",
+    }
     assert info["platform"] == {"os": "linux", "architecture": "amd64", "variant": None}
-    assert info["packages"][1] == {"name": "libssl3", "version": "3.0.11-1~deb12u2", "arch": "amd64"}
+    assert info["packages"][1] == {
+        "name": "libssl3",
+        "version": "3.0.11-1~deb12u2",
+        "arch": "amd64",
+    }
 
 
 def test_inspect_table(layout: synth.Built, tmp_path: Path) -> None:
@@ -73,7 +91,14 @@ def test_unreadable_layout(tmp_path: Path) -> None:
 
 def test_platform_not_in_index(tmp_path: Path) -> None:
     built = synth.write_multiarch_layout(tmp_path / "m", {"amd64": debianish_layers()})
-    r = run("inspect", "--platform", "linux/arm64", f"oci:{built.layout}", "--cache-dir", str(tmp_path / "c"))
+    r = run(
+        "inspect",
+        "--platform",
+        "linux/arm64",
+        f"oci:{built.layout}",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
     assert r.returncode == 6 and "linux/arm64 is not in the image index" in r.stderr
 
 
@@ -84,6 +109,61 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
 
 def test_copy_between_transports(layout: synth.Built, tmp_path: Path) -> None:
     out = tmp_path / "copy.tar"
-    r = run("copy", f"oci:{layout.layout}:v1", f"oci-archive:{out}:v1", "--cache-dir", str(tmp_path / "c"))
+    r = run(
+        "copy",
+        f"oci:{layout.layout}:v1",
+        f"oci-archive:{out}:v1",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == layout.manifest_digest
+
+
+def test_registry_auth_over_tls(tls_registry: Any, tmp_path: Path) -> None:
+    """The CLI against a TLS + htpasswd registry: right credentials work, wrong ones exit 4,
+    no CA gives the --registry-ca hint."""
+    from tests.plugins.registry import push_test_image
+
+    push_test_image(tls_registry, tmp_path, "cli/app", "1")
+    ref = f"{tls_registry.host}/cli/app:1"
+    common = ["--cache-dir", str(tmp_path / "c"), "--registry-ca", str(tls_registry.ca_path)]
+    ok = run(
+        "inspect",
+        "--json",
+        ref,
+        *common,
+        "--username",
+        tls_registry.username,
+        "--password-stdin",
+        stdin=tls_registry.password + "\n",
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = run(
+        "inspect",
+        ref,
+        *common,
+        "--username",
+        tls_registry.username,
+        "--password-stdin",
+        stdin="wrong\n",
+    )
+    assert bad.returncode == 4 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    no_ca = run("inspect", ref, "--cache-dir", str(tmp_path / "c"))
+    assert no_ca.returncode == 3 and "--registry-ca" in no_ca.stderr, no_ca.stderr
+
+
+def test_flaky_registry_through_cli(registry: Any, flaky_proxy: Any, tmp_path: Path) -> None:
+    from tests.plugins.registry import push_test_image
+
+    push_test_image(registry, tmp_path, "cli/flaky", "1")
+    for fault in ("503", "reset"):
+        proxy = flaky_proxy(fault, failures=2)
+        r = run(
+            "inspect",
+            "--json",
+            f"{proxy.host}/cli/flaky:1",
+            "--cache-dir",
+            str(tmp_path / f"c-{fault}"),
+        )
+        assert r.returncode == 0, (fault, r.stderr)
