@@ -82,7 +82,11 @@ def _write(changes: list[Change], work: Path) -> tuple[Descriptor, str, Path]:
 
 
 def build_debian_image(
-    out: Path, tag: str = "latest", *, upper: Sequence[str] = (), arch: str | None = None,
+    out: Path,
+    tag: str = "latest",
+    *,
+    upper: Sequence[str] = (),
+    arch: str | None = None,
     base_include: Sequence[str] = (),
 ) -> Path:
     """Write (or reuse) an OCI layout at out with the image tagged tag; returns out."""
@@ -131,14 +135,22 @@ def _build(target: Path, tarballs: list[Path], arch: str | None) -> None:
             "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id, _ in layers]},
             "history": [
                 {"created": CREATED, "created_by": f"mmdebstrap {SUITE} minbase"},
-                *([{"created": CREATED, "created_by": "apt-get install (upper layer)"}] if len(layers) > 1 else []),
+                *(
+                    [{"created": CREATED, "created_by": "apt-get install (upper layer)"}]
+                    if len(layers) > 1
+                    else []
+                ),
             ],
         }
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
         manifest = {
             "schemaVersion": 2,
             "mediaType": mt.OCI_MANIFEST,
-            "config": {"mediaType": mt.OCI_CONFIG, "digest": sha256_bytes(config_bytes), "size": len(config_bytes)},
+            "config": {
+                "mediaType": mt.OCI_CONFIG,
+                "digest": sha256_bytes(config_bytes),
+                "size": len(config_bytes),
+            },
             "layers": [desc.to_json() for desc, _, _ in layers],
         }
         manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
@@ -146,8 +158,10 @@ def _build(target: Path, tarballs: list[Path], arch: str | None) -> None:
         dest = LayoutDestination(staging, "latest")
         for desc, _, path in layers:
             dest.put_blob(desc, lambda p=path: p.open("rb"))  # type: ignore[misc]
-        dest.put_blob(Descriptor(mt.OCI_CONFIG, sha256_bytes(config_bytes), len(config_bytes)),
-                      lambda: io.BytesIO(config_bytes))
+        dest.put_blob(
+            Descriptor(mt.OCI_CONFIG, sha256_bytes(config_bytes), len(config_bytes)),
+            lambda: io.BytesIO(config_bytes),
+        )
         dest.put_root(manifest_bytes, mt.OCI_MANIFEST, sha256_bytes(manifest_bytes))
         if target.exists():
             shutil.rmtree(target)
@@ -161,7 +175,9 @@ def _host_arch(root: Path) -> str:
         return arch_file.read_text().split()[0]
     import subprocess
 
-    return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -307,10 +307,12 @@ def run_process(
     pass_fds: Sequence[int] = (),
     preexec: Callable[[], None] | None = None,
     env: dict[str, str] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> tuple[int, str]:
     """Run `cmd` with stdout+stderr merged into the log; enforce `spec.timeout`.
 
     Returns (exit status, output). On timeout or interruption the whole tree is killed.
+    `on_start` receives the pid of the started process.
     """
     with output_file(log, f"{backend}: {' '.join(spec.argv)}") as (out, start):
         try:
@@ -327,6 +329,8 @@ def run_process(
             )
         except OSError as e:
             raise SandboxError(f"cannot start the {backend} sandbox: {e}") from e
+        if on_start is not None:
+            on_start(proc.pid)
         try:
             rc = proc.wait(timeout=spec.timeout)
         except subprocess.TimeoutExpired:

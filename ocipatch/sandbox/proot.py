@@ -87,12 +87,17 @@ class ProotSandbox:
         ) as tmp:
             mounts = MountPoints(root)
             cmd = self.command(spec, root, Path(tmp), mounts)
+            pids: list[int] = []
             try:
-                rc, output = run_process(cmd, spec=spec, backend=self.name, log=log, preexec=loader)
+                rc, output = run_process(
+                    cmd, spec=spec, backend=self.name, log=log, preexec=loader, on_start=pids.append
+                )
             except subprocess.SubprocessError as e:
                 raise SandboxError(f"cannot start the proot sandbox: {e}") from e
             finally:
                 mounts.cleanup()
+                for pid in pids:
+                    _remove_proot_leftovers(pid, spec.env)
         errors = [
             ln for ln in output.splitlines() if ln.startswith(("proot error:", "fatal error:"))
         ]
@@ -102,3 +107,14 @@ class ProotSandbox:
                 + (f" (log: {log})" if log else "")
             )
         return subprocess.CompletedProcess(cmd, rc, output, "")
+
+
+def _remove_proot_leftovers(pid: int, env: dict[str, str]) -> None:
+    """proot keeps a loader and a glue directory in its temp dir; a killed proot leaves them."""
+    tmp = Path(env.get("PROOT_TMP_DIR") or env.get("TMPDIR") or "/tmp")
+    for pattern in (f"proot-{pid}-*", f"prooted-{pid}-*"):
+        for leftover in tmp.glob(pattern):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
