@@ -177,10 +177,7 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     installed = pm.read_db(view)  # apk/rpm say "not supported yet" here
     if not isinstance(pm, Dpkg):
         raise UnsupportedError(f"{pm.name} images are not supported yet")
-    if Dpkg.is_distroless(view):
-        raise UnsupportedError(
-            f"{src_ref} is a distroless dpkg image (status.d, no apt): not supported yet"
-        )
+    distroless = Dpkg.is_distroless(view)  # status.d, no status file: a tooling image's apt
     if report is not None:
         if report.ecosystem != "deb":
             raise UnsupportedError(
@@ -220,19 +217,32 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
         from ocipatch.sandbox.select import select_sandbox
 
         sandbox = select_sandbox(opts.sandbox)
-        progress.step(f"Running apt in {sandbox.name}")
-        runner = AptRunner(
-            rootfs,
-            sandbox,
-            AptConfig(
-                cache_dir=ctx.cache.work_dir("apt"),
-                timeout=opts.timeout,
-                mirrors=opts.repo_mirrors,
-                insecure=opts.insecure_repos,
-                log=work / "apt.log",
-            ),
+        apt_config = AptConfig(
+            cache_dir=ctx.cache.work_dir("apt"),
+            timeout=opts.timeout,
+            mirrors=opts.repo_mirrors,
+            insecure=opts.insecure_repos,
+            log=work / "apt.log",
         )
-        patcher = DpkgPatcher(rootfs, runner)
+        patcher: DpkgPatcher
+        if distroless:
+            from ocipatch.distro.distroless import distroless_patcher
+
+            patcher = distroless_patcher(
+                ctx,
+                tooling_image=opts.tooling_image,
+                osr=osr,
+                platform=image.platform,
+                rootfs=rootfs,
+                ownership=own,
+                sandbox=sandbox,
+                apt_config=apt_config,
+                work=work,
+                progress=progress,
+            )
+        else:
+            progress.step(f"Running apt in {sandbox.name}")
+            patcher = DpkgPatcher(rootfs, AptRunner(rootfs, sandbox, apt_config))
         plan = patcher.plan(installed, requirements, ignore_errors=opts.ignore_errors)
         result.plan = plan
         result.skipped += [(i.name, i.reason) for i in plan.skipped]
