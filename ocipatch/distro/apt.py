@@ -8,9 +8,12 @@ is checked against the repository's signed index.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,7 +142,10 @@ class AptRunner:
         return proc.stdout
 
     def apt_get(self, *args: str, what: str) -> str:
-        return self.run(["apt-get", *self._apt_options(), *args], what)
+        # apt locks lists/ and archives/ itself and fails at once when another apt holds them;
+        # two ocipatch runs sharing a cache wait for each other here instead.
+        with _flock(self.config.cache_dir / "apt.lock"):
+            return self.run(["apt-get", *self._apt_options(), *args], what)
 
     # -- steps ------------------------------------------------------------------------------
     def update(self) -> None:
@@ -195,6 +201,17 @@ class AptRunner:
 
     def downloaded_debs(self) -> list[Path]:
         return sorted(self.archives.glob("*.deb"))
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 _POLICY_HEAD = re.compile(r"^(\S+):$")
