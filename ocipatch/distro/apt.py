@@ -239,8 +239,16 @@ def parse_policy(text: str) -> dict[str, Candidate]:
 
 def _last_error(output: str) -> str:
     """The lines that say why: apt's E: lines and dpkg's errors, else the last lines."""
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    errs = [ln for ln in lines if ln.startswith(("E:", "dpkg: error", "dpkg: dependency problems"))]
+    raw = [ln.rstrip() for ln in output.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in raw]
+    errs = []
+    for i, ln in enumerate(lines):
+        if ln.startswith(("E:", "dpkg: error", "dpkg: dependency problems")):
+            # dpkg gives the reason on the next, indented line ("installed P package
+            # post-installation script subprocess returned error exit status 1").
+            if ln.startswith("dpkg:") and i + 1 < len(raw) and raw[i + 1].startswith(" "):
+                ln = f"{ln} {lines[i + 1]}"
+            errs.append(ln)
     picked = errs[-3:] if errs else lines[-3:]
     return " | ".join(picked) or tail(output, 3).replace("\n", " | ")
 

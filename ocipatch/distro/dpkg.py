@@ -171,9 +171,8 @@ class DpkgPatcher:
                 outcome.updated.append((name, old.version, new))
         wanted = {(n, v) for n, _, v in outcome.updated}
         outcome.debs = [p for p in self.runner.downloaded_debs() if deb_key(p) in wanted]
-        for line in output.splitlines():
-            if "Keeping old config file" in line or "keeping old config" in line.lower():
-                outcome.notes.append(line.strip())
+        # No notes from dpkg's "==> Keeping old config file as default." lines: they do not name
+        # the file. patch.py notes each kept conffile from the .dpkg-dist it finds in the diff.
         return outcome
 
     def verify(self, plan: Plan, *, ignore_errors: bool = False) -> list[PlanItem]:
