@@ -7,9 +7,12 @@ rather than from the disk: a root:shadow 2755 file stays root:shadow 2755.
 
 from __future__ import annotations
 
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import zstandard
+from debian.arfile import ArError, ArFile
 from debian.debfile import DebError, DebFile
 
 from ocipatch.errors import IntegrityError
@@ -22,19 +25,39 @@ class FileMeta:
     mode: int  # permission bits incl. setuid/setgid/sticky
 
 
+def open_data_tar(deb: Path) -> tarfile.TarFile:
+    """The data.tar of a .deb as a streaming TarFile. zstd members (Ubuntu's) are decompressed
+    with the zstandard library: python-debian would need the unzstd program for them."""
+    try:
+        ar = ArFile(str(deb))
+        zst = next((n for n in ar.getnames() if n == "data.tar.zst"), None)
+        if zst is not None:
+            member = ar.getmember(zst)
+            stream = zstandard.ZstdDecompressor().stream_reader(member)  # type: ignore[arg-type]
+            return tarfile.open(fileobj=stream, mode="r|")
+        return DebFile(str(deb)).data.tgz()
+    except (
+        DebError,
+        ArError,
+        OSError,
+        EOFError,
+        ValueError,
+        tarfile.TarError,
+        zstandard.ZstdError,
+    ) as e:
+        raise IntegrityError(f"cannot read package {deb.name}: {e}") from None
+
+
 def deb_file_meta(debs: list[Path]) -> dict[str, FileMeta]:
     """path (relative, no leading ./) -> metadata, over every file of the given .debs."""
     out: dict[str, FileMeta] = {}
     for deb in debs:
-        try:
-            tar = DebFile(str(deb)).data.tgz()
-        except (DebError, OSError, EOFError, ValueError) as e:
-            raise IntegrityError(f"cannot read package {deb.name}: {e}") from None
+        tar = open_data_tar(deb)
         with tar:
-            for m in tar.getmembers():
+            for m in tar:
                 name = m.name[2:] if m.name.startswith("./") else m.name.lstrip("/")
                 name = name.rstrip("/")
-                if name:
+                if name and name != ".":
                     out[name] = FileMeta(m.uid, m.gid, m.mode & 0o7777)
     return out
 
