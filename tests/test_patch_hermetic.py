@@ -350,8 +350,9 @@ def test_tampered_package_is_refused(env: Env) -> None:
         )
     finally:
         env.server.untamper(path)
-    msg = one_line_error(r, None)
+    msg = one_line_error(r, 7)
     assert "hash sum mismatch" in msg.lower() and "ocp-lib" in msg, msg
+    assert "does not match its signed index" in msg and "full log:" in msg, msg
     assert tag_absent(env, "tamper"), "nothing pushed"
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import re
 import shlex
+import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ocipatch.errors import ApplyError, ResolveError
+from ocipatch.errors import ApplyError, IntegrityError, ResolveError
 from ocipatch.sandbox.base import APT_NO_PRIVILEGE_DROP, RunSpec, Sandbox, default_env, tail
 
 LISTS_INSIDE = "/var/lib/apt/lists"
@@ -138,8 +141,29 @@ class AptRunner:
         )
         proc = self.sandbox.run(spec, self.config.log)
         if proc.returncode != 0:
-            raise ApplyError(f"{what} failed (exit {proc.returncode}): {_last_error(proc.stdout)}")
+            reason = _last_error(proc.stdout)
+            kept = self._keep_log()
+            if _INTEGRITY.search(proc.stdout):
+                raise IntegrityError(
+                    f"{what}: the repository served a file that does not match its signed index "
+                    f"({reason}); the mirror is corrupt or tampered with: fix or resync it{kept}"
+                )
+            raise ApplyError(f"{what} failed (exit {proc.returncode}): {reason}{kept}")
         return proc.stdout
+
+    def _keep_log(self) -> str:
+        """Copy the run's log where it outlives the work directory; the clause naming it."""
+        log = self.config.log
+        if log is None or not log.is_file():
+            return ""
+        dest = (
+            self.config.cache_dir
+            / "logs"
+            / f"apt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+        )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, dest)
+        return f" (full log: {dest})"
 
     def apt_get(self, *args: str, what: str) -> str:
         # apt locks lists/ and archives/ itself and fails at once when another apt holds them;
@@ -213,6 +237,13 @@ def _flock(path: Path) -> Iterator[None]:
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
+
+# apt's words for content that failed verification against the signed index, or an index
+# whose signature failed: never a transient error, never something to retry.
+_INTEGRITY = re.compile(
+    r"Hash Sum mismatch|BADSIG|NO_PUBKEY|is not signed|signatures were invalid|"
+    r"File has unexpected size|EXPKEYSIG"
+)
 
 _POLICY_HEAD = re.compile(r"^(\S+):$")
 
