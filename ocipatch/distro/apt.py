@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ocipatch.errors import ApplyError, IntegrityError, ResolveError
+from ocipatch.repos.sources import rewrite
 from ocipatch.sandbox.base import APT_NO_PRIVILEGE_DROP, RunSpec, Sandbox, default_env, tail
 
 LISTS_INSIDE = "/var/lib/apt/lists"
@@ -76,9 +77,21 @@ class AptRunner:
         return text + repr(self.config.mirrors)
 
     def _rewrite(self, text: str) -> str:
-        for src, dst in self.config.mirrors:
-            text = text.replace(src, dst)
-        return text
+        """Rewrite the repository URIs of a sources file (deb822 `URIs:` fields and one-line
+        `deb [opts] URI ...` entries) with the same prefix rules as ocipatch.repos."""
+        out = []
+        for line in text.splitlines(keepends=True):
+            stripped = line.lstrip()
+            if stripped.lower().startswith("uris:"):
+                key, _, value = line.partition(":")
+                uris = " ".join(rewrite(u, self.config.mirrors) for u in value.split())
+                line = f"{key}: {uris}\n"
+            elif stripped.startswith(("deb ", "deb-src ")):
+                m = re.match(r"^(\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?)(\S+)(.*)$", line, re.S)
+                if m:
+                    line = m.group(1) + rewrite(m.group(2), self.config.mirrors) + m.group(3)
+            out.append(line)
+        return "".join(out)
 
     def _write_mirrored_sources(self, dest: Path) -> None:
         """A copy of the image's sources with mirror prefixes rewritten: the patched image keeps
