@@ -19,10 +19,11 @@ from typing import Any
 from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
 from ocipatch.distro.apt import AptConfig, AptRunner
-from ocipatch.distro.base import InstalledPackage, Plan, Requirement
+from ocipatch.distro.base import InstalledPackage, Patcher, Plan, Requirement
 from ocipatch.distro.debmeta import deb_file_meta, read_statoverride
 from ocipatch.distro.detect import OsRelease, read_os_release
 from ocipatch.distro.dpkg import DpkgPatcher, exclude
+from ocipatch.distro.dpkgdirect import DirectConfig, DpkgDirectPatcher
 from ocipatch.errors import UnsupportedError, UsageError
 from ocipatch.fs.changes import Change, diff, snapshot
 from ocipatch.fs.layerwriter import write_layer
@@ -216,7 +217,8 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
 
         from ocipatch.sandbox.select import select_sandbox
 
-        sandbox = select_sandbox(opts.sandbox)
+        # --sandbox none runs nothing from the image: repos/ resolves, debinstall unpacks.
+        sandbox = None if opts.sandbox == "none" else select_sandbox(opts.sandbox)
         apt_config = AptConfig(
             cache_dir=ctx.cache.work_dir("apt"),
             timeout=opts.timeout,
@@ -224,8 +226,14 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
             insecure=opts.insecure_repos,
             log=work / "apt.log",
         )
-        patcher: DpkgPatcher
+        patcher: Patcher
+        if distroless and sandbox is None:
+            raise UsageError(
+                "a distroless image is patched by its tooling image's apt, which needs a sandbox: "
+                "use --sandbox auto, bwrap or proot"
+            )
         if distroless:
+            assert sandbox is not None
             from ocipatch.distro.distroless import distroless_patcher
 
             patcher = distroless_patcher(
@@ -239,6 +247,13 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
                 apt_config=apt_config,
                 work=work,
                 progress=progress,
+            )
+        elif sandbox is None:
+            progress.step("Installing directly (--sandbox none): no maintainer script will run")
+            patcher = DpkgDirectPatcher(
+                rootfs,
+                own,
+                DirectConfig(ctx.cache.work_dir("repos"), opts.repo_mirrors, opts.insecure_repos),
             )
         else:
             progress.step(f"Running apt in {sandbox.name}")

@@ -20,13 +20,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ocipatch.errors import ApplyError, IntegrityError, ResolveError
+from urllib.parse import unquote, urlsplit
+
+from ocipatch.errors import ApplyError, IntegrityError, ResolveError, UsageError
 from ocipatch.repos.sources import rewrite
 from ocipatch.sandbox.base import APT_NO_PRIVILEGE_DROP, RunSpec, Sandbox, default_env, tail
 
 LISTS_INSIDE = "/var/lib/apt/lists"
 ARCHIVES_INSIDE = "/var/cache/ocipatch/archives"
 SOURCES_INSIDE = "/var/cache/ocipatch/sources.list.d"
+# file:// mirrors are bound read-only here (the i-th --repo-mirror at .../i): a fixed place in a
+# tree the patch layer excludes, never a host path that could shadow part of the image.
+FILE_MIRRORS_INSIDE = "/var/cache/ocipatch/mirrors"
 
 
 @dataclass
@@ -57,6 +62,7 @@ class AptRunner:
         for d in (self.lists / "partial", self.archives / "partial"):
             d.mkdir(parents=True, exist_ok=True)
         self._sources_dir: Path | None = None
+        self._file_mirrors = _file_mirror_binds(config.mirrors)
         if config.mirrors:
             self._sources_dir = config.cache_dir / "apt-sources" / key
             self._write_mirrored_sources(self._sources_dir)
@@ -76,20 +82,32 @@ class AptRunner:
         text = "".join(f"{p.name}\n{p.read_text(errors='replace')}" for p in self._source_files())
         return text + repr(self.config.mirrors)
 
+    def _inside_mirrors(self) -> list[tuple[str, str]]:
+        """The mirror rewrites as apt in the sandbox sees them: a file:// mirror becomes
+        `copy:` at its bind point (copy, unlike file, puts the .debs into the archives
+        directory, where the patch layer reads the packages' owners and modes from)."""
+        out = []
+        for i, (src, dst) in enumerate(self.config.mirrors):
+            if i in self._file_mirrors:
+                dst = f"copy:{self._file_mirrors[i][1]}"
+            out.append((src, dst))
+        return out
+
     def _rewrite(self, text: str) -> str:
         """Rewrite the repository URIs of a sources file (deb822 `URIs:` fields and one-line
         `deb [opts] URI ...` entries) with the same prefix rules as ocipatch.repos."""
+        mirrors = self._inside_mirrors()
         out = []
         for line in text.splitlines(keepends=True):
             stripped = line.lstrip()
             if stripped.lower().startswith("uris:"):
                 key, _, value = line.partition(":")
-                uris = " ".join(rewrite(u, self.config.mirrors) for u in value.split())
+                uris = " ".join(rewrite(u, mirrors) for u in value.split())
                 line = f"{key}: {uris}\n"
             elif stripped.startswith(("deb ", "deb-src ")):
                 m = re.match(r"^(\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?)(\S+)(.*)$", line, re.S)
                 if m:
-                    line = m.group(1) + rewrite(m.group(2), self.config.mirrors) + m.group(3)
+                    line = m.group(1) + rewrite(m.group(2), mirrors) + m.group(3)
             out.append(line)
         return "".join(out)
 
@@ -115,6 +133,10 @@ class AptRunner:
             "Acquire::Retries=3",
             "-o",
             "Dpkg::Use-Pty=0",
+            # Package descriptions play no part in a patch, and partial mirrors (debmirror's
+            # default, aptly) carry no Translation files: a 404 there would fail the update.
+            "-o",
+            "Acquire::Languages=none",
             "-o",
             "Dpkg::Options::=--force-confold",
             "-o",
@@ -143,6 +165,7 @@ class AptRunner:
         ]
         if self._sources_dir is not None:
             binds.append((self._sources_dir, SOURCES_INSIDE, True))
+        binds += [(host, inside, True) for _, (host, inside) in sorted(self._file_mirrors.items())]
         env = default_env()
         spec = RunSpec(
             self.rootfs,
@@ -238,6 +261,22 @@ class AptRunner:
 
     def downloaded_debs(self) -> list[Path]:
         return sorted(self.archives.glob("*.deb"))
+
+
+def _file_mirror_binds(mirrors: list[tuple[str, str]]) -> dict[int, tuple[Path, str]]:
+    """index of a file:// --repo-mirror -> (its host directory, where it is bound inside)."""
+    out: dict[int, tuple[Path, str]] = {}
+    for i, (src, dst) in enumerate(mirrors):
+        if not dst.startswith("file:"):
+            continue
+        host = Path(unquote(urlsplit(dst).path))
+        if not host.is_absolute() or not host.is_dir():
+            raise UsageError(
+                f"--repo-mirror {src}={dst}: {host} is not a directory; give the mirror's "
+                "absolute path as file:///PATH"
+            )
+        out[i] = (host, f"{FILE_MIRRORS_INSIDE}/{i}")
+    return out
 
 
 @contextlib.contextmanager

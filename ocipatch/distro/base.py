@@ -7,7 +7,8 @@ adapters; detection asks each adapter in turn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Protocol
 
 from ocipatch.distro.detect import FileView
@@ -77,3 +78,28 @@ class Plan:
     @property
     def skipped(self) -> list[PlanItem]:
         return [i for i in self.items if i.action == "skip"]
+
+
+@dataclass
+class ApplyOutcome:
+    updated: list[tuple[str, str, str]] = field(default_factory=list)  # (name, from, to)
+    notes: list[str] = field(default_factory=list)
+    output: str = ""
+    # The package files that were installed: the patch layer takes owners and modes from them.
+    debs: list[Path] = field(default_factory=list)
+
+
+class Patcher(Protocol):
+    """The patch steps of an adapter, over an unpacked rootfs."""
+
+    def plan(
+        self,
+        installed: list[InstalledPackage],
+        requirements: list[Requirement] | None,
+        *,
+        ignore_errors: bool = False,
+    ) -> Plan: ...
+
+    def apply(self, plan: Plan) -> ApplyOutcome: ...
+
+    def verify(self, plan: Plan, *, ignore_errors: bool = False) -> list[PlanItem]: ...

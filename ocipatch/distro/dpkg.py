@@ -6,12 +6,11 @@ sandbox; this module decides what to ask it for and checks what it did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
 from ocipatch.distro.apt import AptRunner
-from ocipatch.distro.base import InstalledPackage, Plan, PlanItem, Requirement
+from ocipatch.distro.base import ApplyOutcome, InstalledPackage, Plan, PlanItem, Requirement
 from ocipatch.distro.dpkgdb import STATUS, is_installed, iter_stanzas, package_of
 from ocipatch.distro.versions import compare_deb
 from ocipatch.errors import ResolveError, VerifyError
@@ -67,13 +66,8 @@ def read_status(rootfs: Path) -> dict[str, InstalledPackage]:
     return out
 
 
-@dataclass
-class AptOutcome:
-    updated: list[tuple[str, str, str]] = field(default_factory=list)  # (name, from, to)
-    notes: list[str] = field(default_factory=list)
-    output: str = ""
-    # The package files that were installed: the patch layer takes owners and modes from them.
-    debs: list[Path] = field(default_factory=list)
+# The dpkg adapter's outcome is the shared one; the old name stays for its users.
+AptOutcome = ApplyOutcome
 
 
 def too_old_message(items: list[PlanItem]) -> str:
