@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from urllib.parse import unquote, urlsplit
 
 from ocipatch.errors import ApplyError, IntegrityError, ResolveError, UsageError

@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import zstandard
 from debian.arfile import ArError
 from debian.deb822 import Deb822
 from debian.debfile import DebError, DebFile
 
+from ocipatch.distro.debmeta import open_data_tar
 from ocipatch.errors import ApplyError, IntegrityError, UnsafeArchiveError
 from ocipatch.fs import whiteout as wh
 from ocipatch.fs.unpack import Owner, OwnershipMap
@@ -259,14 +261,11 @@ class RootInstaller:
         the new one counts as changed and is kept.
         """
         done = Installed()
-        try:
-            tar = DebFile(str(pkg.path)).data.tgz()
-        except (DebError, ArError, OSError, EOFError, ValueError) as e:
-            raise IntegrityError(f"cannot read package {pkg.path.name}: {e}") from None
+        tar = open_data_tar(pkg.path)  # streams zstd payloads (Ubuntu's) too
         try:
             with tar:
                 self._unpack_members(pkg, tar, conffile_md5, done)
-        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as e:
+        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
             raise IntegrityError(f"package {pkg.path.name} is damaged: {e}") from None
         return done
 

@@ -1,7 +1,8 @@
 """proot backend: ptrace-based path translation, for hosts without user namespaces.
 
-`proot -0 -r ROOT -b /proc -b /dev -b TMP:/tmp ...` rewrites every path of every known system
-call so that ROOT appears as `/`, and with -0 fakes uid 0 and the success of chown and mknod.
+`proot -0 -r ROOT -b /proc -b DEV:/dev -b /dev/null ... -b TMP:/tmp ...` rewrites every path of
+every known system call so that ROOT appears as `/`, and with -0 fakes uid 0 and the success of
+chown and mknod. /dev is private (a few host device nodes, links, an empty shm), as bwrap's.
 Weaker than bwrap (see docs/sandbox.md): no namespaces, so the host's processes and network
 stay visible (`network=False` cannot be honoured), binds cannot be made read-only, and
 system calls proot 5.1 does not know would bypass the translation — a seccomp filter installed
@@ -58,12 +59,16 @@ class ProotSandbox:
         return True, ""
 
     def command(self, spec: RunSpec, root: Path, tmp: Path, mounts: MountPoints) -> list[str]:
-        """The proot command line; notes the bind targets proot may create in the rootfs."""
+        """The proot command line; notes the bind targets proot may create in the rootfs.
+
+        `tmp` is a private directory of this run: its `tmp/` becomes /tmp and its `dev/` /dev.
+        """
         if spec.argv[0].startswith("-"):
             # proot has no `--`: the command would be read as an option.
             raise SandboxError(f"proot cannot run a command named {spec.argv[0]!r}")
         cmd = [self.executable, "-0", "-r", str(root)]
-        binds: list[tuple[str, str]] = [("/proc", "/proc"), ("/dev", "/dev"), (str(tmp), "/tmp")]
+        binds: list[tuple[str, str]] = [("/proc", "/proc"), *_private_dev(tmp / "dev")]
+        binds.append((str(_private_dir(tmp / "tmp")), "/tmp"))
         if spec.network and HOST_RESOLV_CONF.exists():
             inside = resolve_in_root(root, "/etc/resolv.conf")
             if not (root / inside.lstrip("/")).is_dir():
@@ -107,6 +112,36 @@ class ProotSandbox:
                 + (f" (log: {log})" if log else "")
             )
         return subprocess.CompletedProcess(cmd, rc, output, "")
+
+
+# Host device nodes a package's scripts may need, as bwrap's --dev offers them. Never the
+# whole host /dev: its world-writable /dev/shm and /dev/mqueue would be shared with the host
+# (a write outside the rootfs), and as root every disk and terminal would be reachable.
+_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(exist_ok=True)
+    path.chmod(0o1777)  # like /tmp; the parent is the run's 0700 temporary directory
+    return path
+
+
+def _private_dev(dev: Path) -> list[tuple[str, str]]:
+    """A /dev of this run: the links and an empty shm in `dev`, the device nodes bound on top."""
+    dev.mkdir(exist_ok=True)
+    _private_dir(dev / "shm")
+    for name, target in _DEV_LINKS.items():
+        if not (dev / name).is_symlink():
+            (dev / name).symlink_to(target)
+    binds = [(str(dev), "/dev")]
+    binds += [(f"/dev/{n}", f"/dev/{n}") for n in _DEV_NODES if Path(f"/dev/{n}").exists()]
+    return binds
 
 
 def _remove_proot_leftovers(pid: int, env: dict[str, str]) -> None:
