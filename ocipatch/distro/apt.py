@@ -178,6 +178,12 @@ class AptRunner:
         if proc.returncode != 0:
             reason = _last_error(proc.stdout)
             kept = self._keep_log()
+            if _SIGNATURE.search(proc.stdout):
+                raise IntegrityError(
+                    f"{what}: the repository's signature does not verify with the image's "
+                    f"keyring ({reason}); the mirror must serve the archive's signed InRelease "
+                    "or Release.gpg unchanged (--insecure-repos turns this check off){kept}"
+                )
             if _INTEGRITY.search(proc.stdout):
                 raise IntegrityError(
                     f"{what}: the repository served a file that does not match its signed index "
@@ -289,12 +295,10 @@ def _flock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-# apt's words for content that failed verification against the signed index, or an index
-# whose signature failed: never a transient error, never something to retry.
-_INTEGRITY = re.compile(
-    r"Hash Sum mismatch|BADSIG|NO_PUBKEY|is not signed|signatures were invalid|"
-    r"File has unexpected size|EXPKEYSIG"
-)
+# apt's words for content that failed verification against the signed index (_INTEGRITY), or
+# an index whose signature failed (_SIGNATURE): never transient, never something to retry.
+_INTEGRITY = re.compile(r"Hash Sum mismatch|File has unexpected size")
+_SIGNATURE = re.compile(r"BADSIG|NO_PUBKEY|is not signed|signatures were invalid|EXPKEYSIG")
 
 _POLICY_HEAD = re.compile(r"^(\S+):$")
 

@@ -33,11 +33,9 @@ from pathlib import Path
 from typing import IO
 
 import zstandard
-from debian.arfile import ArError
 from debian.deb822 import Deb822
-from debian.debfile import DebError, DebFile
 
-from ocipatch.distro.debmeta import open_data_tar
+from ocipatch.distro.debmeta import control_files, open_data_tar
 from ocipatch.errors import ApplyError, IntegrityError, UnsafeArchiveError
 from ocipatch.fs import whiteout as wh
 from ocipatch.fs.unpack import Owner, OwnershipMap
@@ -67,14 +65,13 @@ class DebPackage:
 
 
 def read_deb(path: Path) -> DebPackage:
-    try:
-        deb = DebFile(str(path))
-        control = _content(deb, "control")
-        md5sums = _content(deb, "md5sums") if deb.control.has_file("md5sums") else None
-        conf = _content(deb, "conffiles") if deb.control.has_file("conffiles") else b""
-        scripts = [s for s in MAINTAINER_SCRIPTS if deb.control.has_file(s)]
-    except (DebError, ArError, OSError, EOFError, ValueError, KeyError) as e:
-        raise IntegrityError(f"cannot read package {path.name}: {e}") from None
+    files = control_files(path)
+    control = files.get("control")
+    if control is None:
+        raise IntegrityError(f"package {path.name} has no control file")
+    md5sums = files.get("md5sums")
+    conf = files.get("conffiles", b"")
+    scripts = [s for s in MAINTAINER_SCRIPTS if s in files]
     st = Deb822(control.decode("utf-8", "replace"))
     if not st.get("Package") or not st.get("Version"):
         raise IntegrityError(f"package {path.name} has no Package or Version in its control file")
@@ -94,11 +91,6 @@ def read_deb(path: Path) -> DebPackage:
         conffiles,
         scripts,
     )
-
-
-def _content(deb: DebFile, name: str) -> bytes:
-    data = deb.control.get_content(name)
-    return data if isinstance(data, bytes) else str(data).encode()
 
 
 def md5sums_paths(data: bytes | None) -> list[str]:

@@ -7,6 +7,7 @@ rather than from the disk: a root:shadow 2755 file stays root:shadow 2755.
 
 from __future__ import annotations
 
+import io
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,28 @@ def open_data_tar(deb: Path) -> tarfile.TarFile:
         tarfile.TarError,
         zstandard.ZstdError,
     ) as e:
+        raise IntegrityError(f"cannot read package {deb.name}: {e}") from None
+
+
+def control_files(deb: Path) -> dict[str, bytes]:
+    """The files of a .deb's control area (control, md5sums, conffiles, scripts...) by name,
+    whatever its compression (zstd with the zstandard library)."""
+    try:
+        ar = ArFile(str(deb))
+        name = next((n for n in ar.getnames() if n.startswith("control.tar")), None)
+        if name is None:
+            raise IntegrityError(f"package {deb.name} has no control area")
+        raw = ar.getmember(name).read()
+        if name.endswith(".zst"):
+            raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+        out: dict[str, bytes] = {}
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as tar:
+            for m in tar:
+                f = tar.extractfile(m) if m.isreg() else None
+                if f is not None:
+                    out[m.name.removeprefix("./")] = f.read()
+        return out
+    except (ArError, OSError, EOFError, ValueError, tarfile.TarError, zstandard.ZstdError) as e:
         raise IntegrityError(f"cannot read package {deb.name}: {e}") from None
 
 

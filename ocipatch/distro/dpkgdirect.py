@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from debian.deb822 import Deb822
-from debian.debfile import DebFile
 
 from ocipatch.distro.base import InstalledPackage, Plan, PlanItem, Requirement
 from ocipatch.distro.debinstall import DebPackage, RootInstaller, read_deb
+from ocipatch.distro.debmeta import control_files
 from ocipatch.distro.dpkg import AptOutcome, read_status, too_old_message
 from ocipatch.distro.dpkgdb import STATUS, iter_stanzas
 from ocipatch.distro.versions import compare_deb
@@ -202,17 +202,18 @@ class DpkgDirectPatcher:
                 f"{base}.md5sums", pkg.md5sums, self._meta(f"{base}.md5sums", 0o644)
             )
         if pkg.conffiles:
-            data = "".join(f"/{c}\n" for c in pkg.conffiles).encode()
-            installer.write_file(f"{base}.conffiles", data, self._meta(f"{base}.conffiles", 0o644))
+            listed = "".join(f"/{c}\n" for c in pkg.conffiles).encode()
+            installer.write_file(
+                f"{base}.conffiles", listed, self._meta(f"{base}.conffiles", 0o644)
+            )
         # The rest of the control area, as dpkg keeps it: a later real dpkg run (removal, the
         # next upgrade) finds the scripts and the triggers of the version installed now.
-        control = DebFile(str(pkg.path)).control
+        control = control_files(pkg.path)
         for name in _INFO_FILES:
-            if control.has_file(name):
-                content = control.get_content(name)
-                data = content if isinstance(content, bytes) else str(content).encode()
+            content = control.get(name)
+            if content is not None:
                 mode = 0o755 if name in _SCRIPTS else 0o644
-                installer.write_file(f"{base}.{name}", data, Owner("file", 0, 0, mode, 0))
+                installer.write_file(f"{base}.{name}", content, Owner("file", 0, 0, mode, 0))
 
     def _meta(self, path: str, mode: int) -> Owner:
         old = self.ownership.get(path)

@@ -25,9 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from debian.debfile import DebError, DebFile
-
 from ocipatch.distro.base import Requirement
+from ocipatch.distro.debmeta import control_files
 from ocipatch.errors import IntegrityError, ResolveError
 from ocipatch.repos.fetch import Fetcher, FetchError, RepoCache
 from ocipatch.repos.index import IndexFile, PackagesIndex, ReleaseInfo, check_dates, parse_release
@@ -95,11 +94,7 @@ def _cleartext(data: bytes) -> bytes:
 
 def maintainer_scripts(deb: Path) -> tuple[str, ...]:
     """The maintainer scripts in a .deb's control archive, sorted."""
-    try:
-        names = DebFile(str(deb)).control.tgz().getnames()
-    except (DebError, OSError, EOFError, ValueError) as e:
-        raise IntegrityError(f"cannot read package {deb.name}: {e}") from None
-    found = {n.removeprefix("./") for n in names}
+    found = set(control_files(deb))
     return tuple(s for s in MAINTAINER_SCRIPTS if s in found)
 
 
