@@ -179,10 +179,13 @@ class AptRunner:
             reason = _last_error(proc.stdout)
             kept = self._keep_log()
             if _SIGNATURE.search(proc.stdout):
+                # apt's "W: GPG error: ... BADSIG KEY" says why; its E: line only "not signed".
+                why = [ln.strip() for ln in proc.stdout.splitlines() if "GPG error" in ln]
                 raise IntegrityError(
                     f"{what}: the repository's signature does not verify with the image's "
-                    f"keyring ({reason}); the mirror must serve the archive's signed InRelease "
-                    "or Release.gpg unchanged (--insecure-repos turns this check off){kept}"
+                    f"keyring ({' | '.join([*why[-2:], reason])}); the mirror must serve the "
+                    "archive's signed InRelease or Release.gpg unchanged (--insecure-repos "
+                    f"turns this check off){kept}"
                 )
             if _INTEGRITY.search(proc.stdout):
                 raise IntegrityError(

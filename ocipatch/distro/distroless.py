@@ -41,7 +41,7 @@ from ocipatch.distro.apt import (
 from ocipatch.distro.base import InstalledPackage, Plan, PlanItem
 from ocipatch.distro.debinstall import DebPackage, Installed, RootInstaller, md5sums_paths, read_deb
 from ocipatch.distro.detect import OsRelease
-from ocipatch.distro.dpkg import AptOutcome, DpkgPatcher
+from ocipatch.distro.dpkg import AptOutcome, DpkgPatcher, verify_versions
 from ocipatch.distro.dpkgdb import STATUS_D, is_installed, package_of
 from ocipatch.distro.versions import compare_deb
 from ocipatch.errors import (
@@ -51,7 +51,6 @@ from ocipatch.errors import (
     PlatformError,
     RegistryError,
     UnsupportedError,
-    VerifyError,
 )
 from ocipatch.fs.unpack import Owner, OwnershipMap, unpack
 from ocipatch.oci.reference import parse_reference
@@ -469,26 +468,8 @@ class DistrolessPatcher(DpkgPatcher):
         return outcome
 
     def verify(self, plan: Plan, *, ignore_errors: bool = False) -> list[PlanItem]:
-        after = StatusD(self.rootfs).packages()
-        failed: list[PlanItem] = []
-        for item in plan.updates:
-            got = after.get(item.name)
-            ok = got is not None and compare_deb(got.version, item.installed) > 0
-            if ok and got is not None and item.required is not None:
-                ok = compare_deb(got.version, item.required) >= 0
-            if not ok:
-                item.action = "skip"
-                item.reason = f"still at {got.version if got else 'nothing'} after the update"
-                failed.append(item)
-        if failed and not ignore_errors:
-            raise VerifyError(
-                "after the update, "
-                + "; ".join(
-                    f"{i.name} is not at {i.required or 'a newer version'} ({i.reason})"
-                    for i in failed
-                )
-            )
-        return failed
+        after = {n: p.version for n, p in StatusD(self.rootfs).packages().items()}
+        return verify_versions(plan, after, when="after the update", ignore_errors=ignore_errors)
 
 
 def install_packages(

@@ -6,6 +6,7 @@ sandbox; this module decides what to ask it for and checks what it did.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -81,6 +82,31 @@ def too_old_message(items: list[PlanItem]) -> str:
         " synced yet, or a fix not yet published); update or resync the mirror and rescan, or pass"
         " --ignore-errors to patch the rest and list these as skipped"
     )
+
+
+def verify_versions(
+    plan: Plan, after: Mapping[str, str], *, when: str, ignore_errors: bool = False
+) -> list[PlanItem]:
+    """Check every planned update reached its requirement (and moved past what was installed);
+    returns the items that did not, marked skipped (with --ignore-errors), else VerifyError."""
+    failed: list[PlanItem] = []
+    for item in plan.updates:
+        got = after.get(item.name)
+        ok = got is not None and compare_deb(got, item.installed) > 0
+        if ok and got is not None and item.required is not None:
+            ok = compare_deb(got, item.required) >= 0
+        if not ok:
+            item.action = "skip"
+            item.reason = f"still at {got or 'nothing'} {when}"
+            failed.append(item)
+    if failed and not ignore_errors:
+        raise VerifyError(
+            f"{when}, "
+            + "; ".join(
+                f"{i.name} is not at {i.required or 'a newer version'} ({i.reason})" for i in failed
+            )
+        )
+    return failed
 
 
 def deb_key(path: Path) -> tuple[str, str]:
@@ -170,25 +196,5 @@ class DpkgPatcher:
         return outcome
 
     def verify(self, plan: Plan, *, ignore_errors: bool = False) -> list[PlanItem]:
-        """Check every planned update reached its requirement; returns items that did not
-        (skipped with --ignore-errors, else VerifyError)."""
-        after = read_status(self.rootfs)
-        failed: list[PlanItem] = []
-        for item in plan.updates:
-            got = after.get(item.name)
-            ok = got is not None and compare_deb(got.version, item.installed) > 0
-            if ok and got is not None and item.required is not None:
-                ok = compare_deb(got.version, item.required) >= 0
-            if not ok:
-                item.action = "skip"
-                item.reason = f"still at {got.version if got else 'nothing'} after apt ran"
-                failed.append(item)
-        if failed and not ignore_errors:
-            raise VerifyError(
-                "after apt ran, "
-                + "; ".join(
-                    f"{i.name} is not at {i.required or 'a newer version'} ({i.reason})"
-                    for i in failed
-                )
-            )
-        return failed
+        after = {n: p.version for n, p in read_status(self.rootfs).items()}
+        return verify_versions(plan, after, when="after apt ran", ignore_errors=ignore_errors)

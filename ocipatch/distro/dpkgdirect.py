@@ -17,10 +17,9 @@ from debian.deb822 import Deb822
 from ocipatch.distro.base import InstalledPackage, Plan, PlanItem, Requirement
 from ocipatch.distro.debinstall import DebPackage, RootInstaller, read_deb
 from ocipatch.distro.debmeta import control_files
-from ocipatch.distro.dpkg import AptOutcome, read_status, too_old_message
+from ocipatch.distro.dpkg import AptOutcome, read_status, too_old_message, verify_versions
 from ocipatch.distro.dpkgdb import STATUS, iter_stanzas
-from ocipatch.distro.versions import compare_deb
-from ocipatch.errors import ResolveError, VerifyError
+from ocipatch.errors import ResolveError
 from ocipatch.fs.unpack import Owner, OwnershipMap
 from ocipatch.repos.apt import AptRepositories
 from ocipatch.repos.resolve import InstallItem
@@ -140,19 +139,8 @@ class DpkgDirectPatcher:
         return outcome
 
     def verify(self, plan: Plan, *, ignore_errors: bool = False) -> list[PlanItem]:
-        after = read_status(self.rootfs)
-        failed = [
-            i
-            for i in plan.updates
-            if i.name not in after
-            or (i.available is not None and compare_deb(after[i.name].version, i.available) != 0)
-        ]
-        if failed and not ignore_errors:
-            raise VerifyError(
-                "after installing, dpkg's status does not show "
-                + ", ".join(f"{i.name} {i.available}" for i in failed)
-            )
-        return failed
+        after = {n: p.version for n, p in read_status(self.rootfs).items()}
+        return verify_versions(plan, after, when="after installing", ignore_errors=ignore_errors)
 
     # -- dpkg's database ------------------------------------------------------------------
     def _status(self) -> dict[str, Deb822]:

@@ -12,6 +12,7 @@ Slower too: every system call stops in the tracer.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -86,7 +87,7 @@ class ProotSandbox:
         if not self.executable:
             raise SandboxError("proot is not installed (Debian/Ubuntu: apt-get install proot)")
         root = check_spec(spec)
-        loader = preexec_loader(proot_filter())
+        loader = preexec_loader(proot_filter(fake_chown=not can_chown_freely()))
         with tempfile.TemporaryDirectory(
             prefix="ocipatch-proot-tmp-", ignore_cleanup_errors=True
         ) as tmp:
@@ -112,6 +113,24 @@ class ProotSandbox:
                 + (f" (log: {log})" if log else "")
             )
         return subprocess.CompletedProcess(cmd, rc, output, "")
+
+
+def can_chown_freely() -> bool:
+    """Root with the whole id range mapped (the initial user namespace, or a namespace made
+    with newuidmap ranges): a chown to any owner really happens. Otherwise dpkg's chowns are
+    faked like under bwrap, since proot -0 turns only EPERM into success, and a namespace that
+    maps one id answers EINVAL for every other owner."""
+    if os.geteuid() != 0:
+        return False
+    for name in ("uid_map", "gid_map"):
+        try:
+            lines = Path(f"/proc/self/{name}").read_text().splitlines()
+        except OSError:
+            return False
+        ranges = [tuple(int(x) for x in ln.split()) for ln in lines if len(ln.split()) == 3]
+        if not any(inside == 0 and count >= 65536 for inside, _, count in ranges):
+            return False
+    return True
 
 
 # Host device nodes a package's scripts may need, as bwrap's --dev offers them. Never the

@@ -11,7 +11,9 @@ from the packages' metadata (data.tar, dpkg-statoverride), not from the disk.
 knows. Newer ones (statx, openat2, faccessat2, fchmodat2, execveat, io_uring, the mount API...)
 would reach the host's filesystem untranslated: statx reports host files, openat2 creates
 them. The filter makes them fail with ENOSYS, so glibc and programs fall back to the old calls
-that proot does translate.
+that proot does translate. proot's -0 fakes a chown only when the kernel says EPERM; inside a
+user namespace that maps one id (ocipatch itself in an unprivileged container) the kernel says
+EINVAL for an unmapped owner, so there `proot_filter(fake_chown=True)` adds the chown rules.
 
     python -m ocipatch.sandbox.seccomp chown|proot    # print the filter as pseudo-code
 """
@@ -115,12 +117,14 @@ def build_chown_filter() -> pyseccomp.SyscallFilter:
     return f
 
 
-def build_proot_filter() -> pyseccomp.SyscallFilter:
+def build_proot_filter(fake_chown: bool = False) -> pyseccomp.SyscallFilter:
     action = pyseccomp.ERRNO(errno.ENOSYS)
     # Raw numbers are native-ABI numbers that libseccomp cannot translate to the compat ABIs,
     # so the native ABI gets its own filter, merged with the compat one.
     f = _new_filter(compat=False)
     _add_named(f, action, PROOT_UNTRANSLATED)
+    if fake_chown:
+        _add_named(f, pyseccomp.ERRNO(0), CHOWN_SYSCALLS)
     if pyseccomp.system_arch() in _UNIFIED_ARCHES:
         for name, nr in PROOT_UNTRANSLATED_RAW.items():
             try:
@@ -130,6 +134,8 @@ def build_proot_filter() -> pyseccomp.SyscallFilter:
     if _COMPAT_ARCHES.get(pyseccomp.system_arch()):
         compat = _new_filter(native=False)
         _add_named(compat, action, PROOT_UNTRANSLATED)
+        if fake_chown:
+            _add_named(compat, pyseccomp.ERRNO(0), CHOWN_SYSCALLS)
         f.merge(compat)
     return f
 
@@ -144,10 +150,11 @@ def chown_filter() -> bytes:
 
 
 @functools.cache
-def proot_filter() -> bytes:
-    """Classic BPF program (bytes) that makes the system calls proot cannot translate ENOSYS."""
+def proot_filter(fake_chown: bool = False) -> bytes:
+    """Classic BPF program (bytes) that makes the system calls proot cannot translate ENOSYS;
+    with `fake_chown`, also the chown family successful no-ops (as `chown_filter`)."""
     try:
-        return _export(build_proot_filter())
+        return _export(build_proot_filter(fake_chown))
     except (OSError, RuntimeError) as e:
         raise SandboxError(f"cannot build the seccomp filter with libseccomp: {e}") from e
 
