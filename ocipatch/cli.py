@@ -295,8 +295,8 @@ def patch(
     ctx = build_context(kwargs)
     progress = Progress(quiet=quiet)
     if insecure_repos:
-        progress.note(
-            "WARNING: --insecure-repos turns off apt's signature checks: packages are not verified"
+        progress.warn(
+            "--insecure-repos turns off apt's signature checks: packages are not verified"
         )
     opts = PatchOptions(
         image=image,

@@ -218,7 +218,10 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
         from ocipatch.sandbox.select import select_sandbox
 
         # --sandbox none runs nothing from the image: repos/ resolves, debinstall unpacks.
-        sandbox = None if opts.sandbox == "none" else select_sandbox(opts.sandbox)
+        passed_over: list[str] = []
+        sandbox = None if opts.sandbox == "none" else select_sandbox(opts.sandbox, passed_over)
+        for why in passed_over:
+            progress.note(f"sandbox {why}: trying the next one")
         apt_config = AptConfig(
             cache_dir=ctx.cache.work_dir("apt"),
             timeout=opts.timeout,

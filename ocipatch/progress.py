@@ -30,6 +30,10 @@ class Progress:
         if not self.quiet:
             print(f"note: {message}", file=sys.stderr, flush=True)
 
+    def warn(self, message: str) -> None:
+        """Printed even with --quiet: something the user must not miss."""
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
     def done(self, message: str) -> None:
         if self.quiet:
             return

@@ -285,6 +285,7 @@ def test_auto_without_user_namespaces_picks_proot(env: Env) -> None:
         wrap=wrap,
     )
     assert "Running apt in proot" in r.stderr, r.stderr
+    assert "sandbox bwrap:" in r.stderr, "auto says why it passed bwrap over"
     check_patched(env, r, "auto")
 
 

@@ -14,11 +14,12 @@ BACKENDS: dict[str, type[BwrapSandbox] | type[ProotSandbox]] = {
 AUTO_ORDER = ("bwrap", "proot")
 
 
-def select_sandbox(name: str = "auto") -> Sandbox:
+def select_sandbox(name: str = "auto", skipped: list[str] | None = None) -> Sandbox:
     """A backend that works here, proven by running `true` in it.
 
     Raises UsageError for an unknown name and SandboxError, saying what to install or allow,
-    when the requested backend (or, for `auto`, every backend) cannot run.
+    when the requested backend (or, for `auto`, every backend) cannot run. `skipped`, when
+    given, receives "backend: why" for each backend `auto` passed over.
     """
     if name != "auto" and name not in BACKENDS:
         raise UsageError(f"unknown sandbox {name!r}: choose auto, {', '.join(BACKENDS)} or none")
@@ -27,6 +28,8 @@ def select_sandbox(name: str = "auto") -> Sandbox:
         box = BACKENDS[candidate]()
         ok, why = box.available()
         if ok:
+            if skipped is not None:
+                skipped.extend(reasons)
             return box
         reasons.append(f"{candidate}: {why}")
     raise SandboxError(
