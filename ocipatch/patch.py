@@ -19,7 +19,7 @@ from typing import Any
 from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
 from ocipatch.distro.apt import AptConfig, AptRunner
-from ocipatch.distro.base import InstalledPackage, Patcher, Plan, Requirement
+from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requirement
 from ocipatch.distro.debmeta import deb_file_meta, read_statoverride
 from ocipatch.distro.detect import OsRelease, read_os_release
 from ocipatch.distro.dpkg import DpkgPatcher, exclude
@@ -38,6 +38,7 @@ from ocipatch.oci.types import Descriptor
 from ocipatch.progress import Progress
 from ocipatch.reports.load import check_report_matches, load_report
 from ocipatch.reports.model import UpdateManifest
+from ocipatch.resultcache import CachedResult, ResultCache, plan_key
 
 LABEL_BASE_LAYERS = "dev.ocipatch.base.layers"
 LABEL_BASE_DIGEST = "dev.ocipatch.base.digest"
@@ -206,6 +207,26 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
             return result
 
     keep = base_layer_count(image)
+    results = ResultCache(ctx.cache.work_dir("results"), ctx.cache)
+    key = None
+    if not distroless and not opts.dry_run:
+        progress.step("Planning from the repositories' signed indices")
+        key = plan_key(
+            view,
+            [layer.digest for layer in image.layers],
+            requirements,
+            mode="none" if opts.sandbox == "none" else "apt",
+            compression=opts.compression,
+            ignore_errors=opts.ignore_errors,
+            mirrors=opts.repo_mirrors,
+            cache_dir=ctx.cache.work_dir("repos"),
+        )
+        hit = results.get(key) if key else None
+        if hit is not None:
+            progress.step("The same patch was made before: reusing its layer")
+            return _from_cache(
+                ctx, opts, image, keep, hit, result, dest_ref, osr, started, progress
+            )
     with work_dir(ctx) as work:
         rootfs = work / "rootfs"
         progress.step(f"Unpacking {len(image.layers)} layers")
@@ -283,18 +304,16 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
         changes = diff(snap, rootfs, exclude, ownership=own)
         changes = _with_package_ownership(changes, rootfs, outcome.debs)
         result.notes += _conffile_notes(changes)
-        new_image, size = _new_image(ctx, image, keep, changes, opts.compression, result, osr)
-        result.layer_size = size
+        layer = _write_patch_layer(ctx, changes, opts.compression)
+        new_image = _assemble(ctx, image, keep, layer, opts.compression, result.updated)
+        result.layer_size = layer[2]
         progress.step(f"Writing {dest_ref}")
         result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
         result.image = dest_ref
+        if key is not None:
+            results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
 
-    fixed_ids: set[str] = set()
-    failed_names = {n for n, _ in result.skipped}
-    for item in plan.updates:
-        if item.name not in failed_names:
-            fixed_ids.update(item.vulnerabilities)
-    result.vulnerabilities_fixed = sorted(fixed_ids)
+    result.vulnerabilities_fixed = _fixed_ids(result, plan)
     if opts.vex is not None:
         _write_vex(opts.vex, result, plan, osr, image, new_image)
     result.seconds = time.monotonic() - started
@@ -326,31 +345,105 @@ def _conffile_notes(changes: list[Change]) -> list[str]:
     ]
 
 
-def _new_image(
+def _fixed_ids(result: PatchResult, plan: Plan) -> list[str]:
+    failed = {n for n, _ in result.skipped}
+    return sorted({v for i in plan.updates if i.name not in failed for v in i.vulnerabilities})
+
+
+def _meta(result: PatchResult, plan: Plan) -> dict[str, Any]:
+    """What a cache hit needs to report the same result as the run that made the layer."""
+    return {
+        "updated": result.updated,
+        "skipped": result.skipped,
+        "notes": result.notes,
+        "plan": [{**i.to_json(), "vulnerabilities": list(i.vulnerabilities)} for i in plan.items],
+    }
+
+
+def _from_cache(
     ctx: Context,
+    opts: PatchOptions,
     image: Image,
     keep: int,
-    changes: list[Change],
-    compression: str,
+    hit: CachedResult,
     result: PatchResult,
+    dest_ref: ImageRef,
     osr: OsRelease | None,
-) -> tuple[Image, int]:
+    started: float,
+    progress: Progress,
+) -> PatchResult:
+    meta = hit.meta
+    result.updated = [(str(a), str(b), str(c)) for a, b, c in meta["updated"]]
+    result.skipped = [(str(a), str(b)) for a, b in meta["skipped"]]
+    result.notes = [
+        *meta["notes"],
+        "reused the patch layer of an identical earlier run (same base, same package versions)",
+    ]
+    plan = Plan(
+        [
+            PlanItem(
+                d["name"],
+                d["installed"],
+                d["required"],
+                d["available"],
+                d["action"],
+                d["reason"],
+                tuple(d["vulnerabilities"]),
+            )
+            for d in meta["plan"]
+        ]
+    )
+    result.plan = plan
+    new_image = _assemble(
+        ctx,
+        image,
+        keep,
+        (hit.layer_digest, hit.diff_id, hit.layer_size),
+        opts.compression,
+        result.updated,
+    )
+    result.layer_size = hit.layer_size
+    progress.step(f"Writing {dest_ref}")
+    result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
+    result.image = dest_ref
+    result.vulnerabilities_fixed = _fixed_ids(result, plan)
+    if opts.vex is not None:
+        _write_vex(opts.vex, result, plan, osr, image, new_image)
+    result.seconds = time.monotonic() - started
+    progress.done(f"Patched {len(result.updated)} packages -> {dest_ref}")
+    return result
+
+
+def _write_patch_layer(
+    ctx: Context, changes: list[Change], compression: str
+) -> tuple[str, str, int]:
+    """Write the layer into the blob cache; (digest, diff_id, size)."""
     tmp_dir = ctx.cache.work_dir("tmp")
     with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as out:
         info = write_layer(changes, out, compression)  # type: ignore[arg-type]
     ctx.cache.put_file(info.digest, Path(out.name))
-    media = mt.layer_media_type(compression, image.is_docker)
-    desc = Descriptor(media, info.digest, info.size)
-    summary = ", ".join(f"{n} {b}" for n, _, b in result.updated[:20])
+    return info.digest, info.diff_id, info.size
+
+
+def _assemble(
+    ctx: Context,
+    image: Image,
+    keep: int,
+    layer: tuple[str, str, int],
+    compression: str,
+    updated: list[tuple[str, str, str]],
+) -> Image:
+    digest, diff_id, size = layer
+    desc = Descriptor(mt.layer_media_type(compression, image.is_docker), digest, size)
+    summary = ", ".join(f"{n} {b}" for n, _, b in updated[:20])
     history = {
-        "created_by": f"{HISTORY_PREFIX}: {summary}" + (" …" if len(result.updated) > 20 else ""),
+        "created_by": f"{HISTORY_PREFIX}: {summary}" + (" …" if len(updated) > 20 else ""),
         "comment": "ocipatch",
     }
-    base_digest = _original_digest(image, keep)
-    labels = {LABEL_BASE_LAYERS: str(keep), LABEL_BASE_DIGEST: base_digest}
+    labels = {LABEL_BASE_LAYERS: str(keep), LABEL_BASE_DIGEST: _original_digest(image, keep)}
     return append_layer(
-        image, desc, info.diff_id, ctx.cache, history=history, labels=labels, keep_layers=keep
-    ), info.size
+        image, desc, diff_id, ctx.cache, history=history, labels=labels, keep_layers=keep
+    )
 
 
 def _original_digest(image: Image, keep: int) -> str:

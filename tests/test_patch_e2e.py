@@ -245,3 +245,20 @@ def test_dry_run_changes_nothing(image: dict[str, Any], work: Path) -> None:
         capture_output=True,
     )
     assert r.returncode != 0, "a dry run pushes nothing"
+
+
+def test_identical_patch_reuses_its_layer(image: dict[str, Any], work: Path) -> None:
+    """The same patch again (same base, same package versions today): the layer of the earlier
+    run is reused, giving the same digests, and the output says so."""
+    report = write_report(work / "again.json", image, FIRST)
+    cache = work / "cache-again"
+    first = patch_json(
+        "-i", image["ref"], "-r", str(report), "-t", "12-a1", "--cache-dir", str(cache)
+    )
+    again = patch_json(
+        "-i", image["ref"], "-r", str(report), "-t", "12-a2", "--cache-dir", str(cache)
+    )
+    assert any("reused the patch layer" in n for n in again["notes"])
+    assert again["image"]["digest"] == first["image"]["digest"]
+    assert again["updated"] == first["updated"]
+    assert again["vulnerabilities_fixed"] == first["vulnerabilities_fixed"]

@@ -1,0 +1,132 @@
+"""A content-addressed cache of patch results, so a patch already made is not made again.
+
+The key is everything the patch layer depends on: the base layers (and a previous patch layer),
+the exact set of package versions the repositories' signed indices select today (planned in
+pure Python by ocipatch.repos, from the image's own apt sources and keyrings, read through the
+merged layers without unpacking), the report's requirements, the apply mode and ocipatch's
+version. The same key means the same inputs, so the stored layer is what a new run would write;
+a new package version in the archive changes the plan, so the key. Entries are a layer blob in
+the blob cache plus a small JSON file, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ocipatch import __version__
+from ocipatch.distro.base import Requirement
+from ocipatch.errors import OcipatchError
+from ocipatch.fs.merged import MergedView
+from ocipatch.oci.cache import BlobCache
+from ocipatch.repos.apt import AptRepositories
+
+# What apt's configuration and dpkg's database need, read through the merged layers.
+_APT_STATE = (
+    "etc/apt/",
+    "usr/share/keyrings/",
+    "var/lib/dpkg/status",
+    "var/lib/dpkg/arch",
+    "etc/os-release",
+    "usr/lib/os-release",
+)
+
+
+def extract_apt_state(view: MergedView, dest: Path) -> None:
+    """Write the image's apt sources, keyrings and dpkg status under dest (a few KB)."""
+    entries = [
+        e
+        for e in view.walk()
+        if any(e.path == p.rstrip("/") or e.path.startswith(p) for p in _APT_STATE)
+    ]
+    files = [e.path for e in entries if e.type in ("file", "hardlink")]
+    data = view.read_files(files)
+    for e in entries:
+        target = dest / e.path
+        if e.type == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+        elif e.type == "symlink":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.is_symlink():
+                os.symlink(e.linkname, target)
+        elif e.path in data:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data[e.path])
+
+
+def plan_key(
+    view: MergedView,
+    layer_digests: list[str],
+    requirements: list[Requirement] | None,
+    *,
+    mode: str,
+    compression: str,
+    ignore_errors: bool,
+    mirrors: list[tuple[str, str]],
+    cache_dir: Path,
+) -> str | None:
+    """The result key, or None when the plan cannot be computed here (then nothing is cached)."""
+    with tempfile.TemporaryDirectory(prefix="plan-", dir=cache_dir) as tmp:
+        root = Path(tmp)
+        try:
+            extract_apt_state(view, root)
+            repos = AptRepositories(root, cache_dir, mirrors=mirrors)
+            repos.update()
+            reqs = requirements or [Requirement(n, None) for n in sorted(repos.installed)]
+            chosen = repos.resolve(reqs, ignore_errors=ignore_errors)
+        except (OcipatchError, OSError, ValueError):
+            return None
+    doc = {
+        "ocipatch": __version__,
+        "layers": layer_digests,
+        "requirements": [[r.name, r.minimum, list(r.vulnerabilities)] for r in reqs],
+        "install": sorted([i.name, i.version, i.arch] for i in chosen.items),
+        "skipped": sorted(list(s) for s in chosen.skipped),
+        "mode": mode,
+        "compression": compression,
+        "ignore_errors": ignore_errors,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class CachedResult:
+    layer_digest: str
+    layer_size: int
+    diff_id: str
+    meta: dict[str, Any]
+
+
+class ResultCache:
+    def __init__(self, root: Path, blobs: BlobCache) -> None:
+        self.root = root
+        self.blobs = blobs
+
+    def get(self, key: str) -> CachedResult | None:
+        path = self.root / f"{key}.json"
+        try:
+            doc = json.loads(path.read_text())
+            hit = CachedResult(
+                doc["layer_digest"], int(doc["layer_size"]), doc["diff_id"], doc["meta"]
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return hit if self.blobs.has(hit.layer_digest) else None
+
+    def put(self, key: str, hit: CachedResult) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "layer_digest": hit.layer_digest,
+            "layer_size": hit.layer_size,
+            "diff_id": hit.diff_id,
+            "meta": hit.meta,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, self.root / f"{key}.json")
