@@ -37,10 +37,10 @@ from debian.deb822 import Deb822
 
 from ocipatch.distro.debmeta import control_files, open_data_tar
 from ocipatch.errors import ApplyError, IntegrityError, UnsafeArchiveError
+from ocipatch.fs import rootpath
 from ocipatch.fs import whiteout as wh
 from ocipatch.fs.unpack import Owner, OwnershipMap
 
-MAX_SYMLINKS = 40
 MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config", "triggers")
 _CHUNK = 1 << 20
 _NEW_SUFFIX = ".ocipatch-new"
@@ -122,6 +122,7 @@ class RootInstaller:
         self.root = os.path.abspath(root)
         self.ownership = ownership
         self.privileged = ownership.privileged
+        self._tree = rootpath.DiskTree(self.root)
 
     def abs(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else self.root
@@ -130,41 +131,26 @@ class RootInstaller:
     def resolve_dir(self, rel: str, *, create: bool, pkg: str = "") -> str | None:
         """The real path of directory rel, symlinks followed inside the root. Missing parts are
         created (root 0755) with create, else None; a non-directory raises / gives None."""
-        pending = [p for p in reversed(rel.split("/")) if p not in ("", ".")]
-        cur: list[str] = []
-        hops = 0
-        while pending:
-            comp = pending.pop()
-            if comp == "..":
-                if cur:
-                    cur.pop()
-                continue
-            cand = "/".join([*cur, comp])
-            try:
-                st = os.lstat(self.abs(cand))
-            except FileNotFoundError:
-                if not create:
-                    return None
-                self._mkdir(cand, Owner("dir", 0, 0, 0o755, 0))
-                cur.append(comp)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > MAX_SYMLINKS:
-                    raise ApplyError(f"{pkg}: too many symlinks resolving /{rel} in the image")
-                target = os.readlink(self.abs(cand))
-                if target.startswith("/"):
-                    cur = []
-                pending.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                if not create:
-                    return None
-                raise ApplyError(
-                    f"{pkg} needs /{rel} to be a directory, but the image has a file at /{cand}"
-                )
-            cur.append(comp)
-        return "/".join(cur)
+        try:
+            return rootpath.resolve(
+                self._tree, rel, need_dir=True, mkdir=self._implicit_dir if create else None
+            )
+        except rootpath.SymlinkLoop:
+            raise ApplyError(f"{pkg}: too many symlinks resolving /{rel} in the image") from None
+        except rootpath.NotADirectory as e:
+            raise ApplyError(
+                f"{pkg} needs /{rel} to be a directory, but the image has a file at /{e.component}"
+            ) from None
+
+    def _implicit_dir(self, real: str) -> None:
+        self._mkdir(real, Owner("dir", 0, 0, 0o755, 0))
+
+    def _place(self, rel: str, pkg: str = "") -> str:
+        """The real path where a new entry rel goes: parents resolved, missing ones created."""
+        parent, base = wh.split(rel)
+        rparent = self.resolve_dir(parent, create=True, pkg=pkg)
+        assert rparent is not None
+        return wh.join(rparent, base)
 
     def real_path(self, rel: str) -> str | None:
         """The real path of rel: parents resolved, the final component not followed."""
@@ -304,10 +290,7 @@ class RootInstaller:
                 )
 
     def _dir(self, name: str, owner: Owner, pkg: str, done: Installed) -> None:
-        parent, base = wh.split(name)
-        rparent = self.resolve_dir(parent, create=True, pkg=pkg)
-        assert rparent is not None
-        real = wh.join(rparent, base)
+        real = self._place(name, pkg)
         if self.resolve_dir(real, create=False) is not None:
             return  # exists (maybe through a symlink): dpkg leaves it alone
         if os.path.lexists(self.abs(real)):
@@ -325,10 +308,7 @@ class RootInstaller:
         *,
         keep: bool,
     ) -> None:
-        parent, base = wh.split(name)
-        rparent = self.resolve_dir(parent, create=True, pkg=pkg)
-        assert rparent is not None
-        real = wh.join(rparent, base)
+        real = self._place(name, pkg)
         if keep:
             real = real + ".dpkg-dist"
             done.kept_conffiles.append(real[: -len(".dpkg-dist")])
@@ -338,10 +318,7 @@ class RootInstaller:
         done.written.add(real)
 
     def _symlink(self, name: str, owner: Owner, pkg: str, done: Installed) -> None:
-        parent, base = wh.split(name)
-        rparent = self.resolve_dir(parent, create=True, pkg=pkg)
-        assert rparent is not None
-        real = wh.join(rparent, base)
+        real = self._place(name, pkg)
         try:
             if os.readlink(self.abs(real)) == owner.linkname:
                 # Same link: keep the inode (dpkg would rewrite it; the layer must not care).
@@ -358,10 +335,7 @@ class RootInstaller:
         done.written.add(real)
 
     def _hardlink(self, name: str, target: str, pkg: str, done: Installed) -> None:
-        parent, base = wh.split(name)
-        rparent = self.resolve_dir(parent, create=True, pkg=pkg)
-        assert rparent is not None
-        real = wh.join(rparent, base)
+        real = self._place(name, pkg)
         rtarget = self.real_path(target)
         if (
             rtarget is None
@@ -392,10 +366,7 @@ class RootInstaller:
 
     def write_file(self, rel: str, data: bytes, owner: Owner) -> None:
         """Write a file of ocipatch's own (a status.d stanza) atomically."""
-        parent, base = wh.split(rel)
-        rparent = self.resolve_dir(parent, create=True)
-        assert rparent is not None
-        real = wh.join(rparent, base)
+        real = self._place(rel)
         tmp = self._write_file(real, io.BytesIO(data), owner)
         self._replace(real, tmp, "ocipatch")
         self.ownership[real] = owner

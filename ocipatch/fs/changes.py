@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ocipatch.fs import whiteout as wh
+from ocipatch.fs.rootpath import file_type
 from ocipatch.fs.unpack import OwnershipMap
 
 ENTRY_TYPES = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
@@ -195,22 +196,6 @@ def _snap_entry(row: list[Any]) -> SnapEntry:
     )
 
 
-def _type_of(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISCHR(mode):
-        return "char"
-    if stat.S_ISBLK(mode):
-        return "block"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return None  # sockets and the like cannot go in a layer
-
-
 def _scan(root: Path, exclude: Exclude | None) -> dict[str, os.stat_result]:
     """lstat of every path under root, by relative path; excluded paths and subtrees left out."""
     out: dict[str, os.stat_result] = {}
@@ -267,7 +252,7 @@ def snapshot(
     own = ownership.copy()  # the caller may keep updating its map during the run
     entries: dict[str, SnapEntry] = {}
     for path, st in _scan(root, exclude).items():
-        typ = _type_of(st.st_mode)
+        typ = file_type(st.st_mode)
         if typ is None:
             continue
         full = os.path.join(root, path)
@@ -332,7 +317,7 @@ def diff(
     links: dict[tuple[int, int], str] = {}
     for path in sorted(after, key=wh.sort_key):
         st = after[path]
-        typ = _type_of(st.st_mode)
+        typ = file_type(st.st_mode)
         if typ is None:
             continue
         full = os.path.join(root, path)

@@ -28,13 +28,12 @@ from typing import Any, BinaryIO, Protocol
 import zstandard
 
 from ocipatch.errors import ImageFormatError, UnsafeArchiveError
+from ocipatch.fs import rootpath
 from ocipatch.fs import whiteout as wh
 
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
-# Same limit as Linux (MAXSYMLINKS): more hops than this is a loop.
-MAX_SYMLINKS = 40
 _CHUNK = 1 << 20
 
 
@@ -313,10 +312,6 @@ class _Node:
     devminor: int = 0
 
 
-class _Loop(Exception):
-    pass
-
-
 class _Tree:
     """The merged tree in memory: path -> node, and directory -> child names."""
 
@@ -324,7 +319,14 @@ class _Tree:
         self.nodes: dict[str, _Node] = {}
         self.children: dict[str, set[str]] = {"": set()}
 
-    # -- resolution -------------------------------------------------------------------------
+    # -- resolution (a rootpath.Tree over the nodes) -------------------------------------------
+    def kind(self, rel: str) -> str | None:
+        node = self.nodes.get(rel)
+        return None if node is None else node.type
+
+    def readlink(self, rel: str) -> str:
+        return self.nodes[rel].linkname
+
     def resolve(
         self, path: str, *, follow_final: bool, create_layer: int | None = None
     ) -> str | None:
@@ -333,46 +335,25 @@ class _Tree:
         Parents are always followed; the last component only with follow_final. Returns None when
         a parent is missing or not a directory; the final component need not exist. With
         create_layer, path is a directory to make: every missing component becomes an implicit
-        directory and a non-directory one is an error. Raises _Loop after MAX_SYMLINKS hops.
+        directory and a non-directory one is an error. Raises rootpath.SymlinkLoop after
+        rootpath.MAX_SYMLINKS hops.
         """
-        pending = [p for p in reversed(path.split("/")) if p not in ("", ".")]
-        cur: list[str] = []
-        hops = 0
-        while pending:
-            comp = pending.pop()
-            if comp == "..":
-                if cur:
-                    cur.pop()
-                continue
-            last = not pending
-            cand = "/".join([*cur, comp])
-            node = self.nodes.get(cand)
-            if node is None:
-                if create_layer is not None:  # every component is a parent to create
-                    self._put(cand, _implicit_dir(create_layer))
-                    cur.append(comp)
-                    continue
-                if last:
-                    cur.append(comp)
-                    break
-                return None
-            if node.type == "symlink" and (follow_final or not last):
-                hops += 1
-                if hops > MAX_SYMLINKS:
-                    raise _Loop(path)
-                if node.linkname.startswith("/"):
-                    cur = []
-                pending.extend(p for p in reversed(node.linkname.split("/")) if p not in ("", "."))
-                continue
-            if (not last or create_layer is not None) and node.type != "dir":
-                if create_layer is not None:
-                    raise ImageFormatError(
-                        f"{cand!r} is a {node.type}, yet a layer puts {path!r} below it: the "
-                        "image is malformed"
-                    )
-                return None
-            cur.append(comp)
-        return "/".join(cur)
+        if create_layer is None:
+            return rootpath.resolve(self, path, follow_final=follow_final)
+        layer = create_layer
+
+        def mkdir(real: str) -> None:
+            self._put(real, _implicit_dir(layer))
+
+        try:
+            return rootpath.resolve(
+                self, path, follow_final=follow_final, need_dir=True, mkdir=mkdir
+            )
+        except rootpath.NotADirectory as e:
+            raise ImageFormatError(
+                f"{e.component!r} is a {e.kind}, yet a layer puts {path!r} below it: the "
+                "image is malformed"
+            ) from None
 
     # -- mutation ---------------------------------------------------------------------------
     def _put(self, path: str, node: _Node) -> None:
@@ -424,11 +405,8 @@ class _Tree:
                     rdir = self.resolve(arg, follow_final=True)
                     if rdir is not None and (rdir == "" or rdir in self.nodes):
                         self.remove_lower(rdir, written, False)
-            except _Loop as e:
-                raise ImageFormatError(
-                    f"layer {digest}: too many symlinks resolving {e.args[0]!r}: the image is "
-                    "malformed"
-                ) from None
+            except rootpath.SymlinkLoop as e:
+                raise ImageFormatError(f"layer {digest}: {e}: the image is malformed") from None
 
     def _apply_entry(self, li: int, digest: str, e: IndexEntry, written: set[str]) -> None:
         if not e.name:
@@ -541,7 +519,7 @@ class MergedView:
     def _lookup(self, path: str, follow: bool) -> tuple[str, _Node | None] | None:
         try:
             real = self.tree.resolve(wh.normalize(path), follow_final=follow)
-        except _Loop:
+        except rootpath.SymlinkLoop:
             return None  # like ELOOP: the path is not reachable
         if real is None:
             return None

@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from ocipatch.errors import ImageFormatError
+from ocipatch.fs import rootpath
 from ocipatch.fs import whiteout as wh
 from ocipatch.fs.merged import (
-    MAX_SYMLINKS,
     TarLayer,
     hardlink_target,
     member_name,
@@ -235,6 +235,7 @@ class _Unpacker:
         self._off_disk = {p for p, o in self.ownership.items() if not o.on_disk}
         self._written: set[str] = set()
         self._digest = ""
+        self._tree = rootpath.DiskTree(self.root)
 
     def abs(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else self.root
@@ -249,50 +250,20 @@ class _Unpacker:
         """
         if create and rel in self._dir_cache:
             return self._dir_cache[rel]
-        pending = [p for p in reversed(rel.split("/")) if p not in ("", ".")]
-        cur: list[str] = []
-        hops = 0
-        while pending:
-            comp = pending.pop()
-            if comp == "..":
-                if cur:
-                    cur.pop()
-                continue
-            cand = "/".join([*cur, comp])
-            try:
-                st = os.lstat(self.abs(cand))
-            except FileNotFoundError:
-                if not create:
-                    return None
-                os.mkdir(self.abs(cand), 0o700)
-                os.chmod(self.abs(cand), 0o755)
-                self._record(cand, Owner("dir", 0, 0, 0o755, 0))
-                cur.append(comp)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > MAX_SYMLINKS:
-                    raise ImageFormatError(
-                        f"layer {self._digest}: too many symlinks resolving {rel!r}: the image "
-                        "is malformed"
-                    )
-                target = os.readlink(self.abs(cand))
-                if target.startswith("/"):
-                    cur = []
-                pending.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                if not create:
-                    return None
-                raise ImageFormatError(
-                    f"layer {self._digest}: {cand!r} is not a directory, yet {rel!r} needs it to "
-                    "be one: the image is malformed"
-                )
-            cur.append(comp)
-        real = "/".join(cur)
-        if create:
+        try:
+            real = rootpath.resolve(
+                self._tree, rel, need_dir=True, mkdir=self._implicit_dir if create else None
+            )
+        except rootpath.RootPathError as e:
+            raise ImageFormatError(f"layer {self._digest}: {e}: the image is malformed") from None
+        if create and real is not None:
             self._dir_cache[rel] = real
         return real
+
+    def _implicit_dir(self, real: str) -> None:
+        os.mkdir(self.abs(real), 0o700)
+        os.chmod(self.abs(real), 0o755)
+        self._record(real, Owner("dir", 0, 0, 0o755, 0))
 
     # -- layers ---------------------------------------------------------------------------------
     def apply_layer(self, layer: TarLayer) -> None:
@@ -438,7 +409,8 @@ class _Unpacker:
         os.link(self.abs(target), self.abs(real), follow_symlinks=False)
         if towner is None:  # the target predates this unpack: take what the disk says
             towner = Owner(
-                _disk_type(tst.st_mode),
+                # A socket (no layer type) was recorded as "dir" before: kept so.
+                rootpath.file_type(tst.st_mode) or "dir",
                 tst.st_uid,
                 tst.st_gid,
                 stat.S_IMODE(tst.st_mode),
@@ -545,17 +517,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
-
-
-def _disk_type(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISCHR(mode):
-        return "char"
-    if stat.S_ISBLK(mode):
-        return "block"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return "dir"

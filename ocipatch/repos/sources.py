@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocipatch.errors import UnsupportedError
+from ocipatch.fs import rootpath
 
 INLINE_KEY_MARK = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
 _SUPPORTED_SCHEMES = ("http://", "https://", "file:")
@@ -157,28 +158,14 @@ def parse_one_line_sources(text: str, where: str = "") -> list[AptSource]:
 
 def resolve_in_root(root: Path, path: str) -> Path:
     """`path` as the image sees it, mapped under `root`: every symlink on the way (absolute or
-    relative, `..` included) is resolved inside the root, never on the host."""
-    todo = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        candidate = root.joinpath(*done, part)
-        if candidate.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise UnsupportedError(f"too many levels of symbolic links in {path} in the image")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                done = []
-            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-            continue
-        done.append(part)
-    return root.joinpath(*done)
+    relative, `..` included) is resolved inside the root, never on the host; what does not exist
+    is kept as named (see rootpath.resolve_lenient)."""
+    try:
+        return root.joinpath(rootpath.resolve_lenient(rootpath.DiskTree(root), path))
+    except rootpath.SymlinkLoop:
+        raise UnsupportedError(
+            f"too many levels of symbolic links in {path} in the image"
+        ) from None
 
 
 def read_sources(rootfs: Path) -> list[AptSource]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
 from ocipatch.errors import ApplyError, SandboxError
+from ocipatch.fs import rootpath
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
@@ -119,49 +120,18 @@ def check_spec(spec: RunSpec) -> Path:
 # --- paths inside the rootfs ------------------------------------------------------------------
 
 
-def resolve_in_root(root: Path, path: str, *, max_links: int = 40) -> str:
+def resolve_in_root(root: Path, path: str, *, max_links: int = rootpath.MAX_SYMLINKS) -> str:
     """Resolve `path` as if `root` were `/` (chroot semantics), following symlinks that exist.
 
     Absolute link targets restart at `root`; `..` never climbs above it. The result is an
     absolute in-root path whose existing components are no symlinks; missing tail components
-    are kept as they are. This is where a mount point must go so that the backend does not
-    follow a rootfs symlink out to the host.
+    are kept as they are (see rootpath.resolve_lenient). This is where a mount point must go so
+    that the backend does not follow a rootfs symlink out to the host.
     """
-    parts = [p for p in path.split("/") if p and p != "."]
-    done: list[str] = []
-    links = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        host = root.joinpath(*done, name)
-        try:
-            st = os.lstat(host)
-        except FileNotFoundError:
-            done.append(name)
-            done.extend(p for p in parts if p not in ("", "."))
-            # Missing: nothing more to resolve; normalise any `..` left in the tail.
-            out: list[str] = []
-            for p in done:
-                if p == "..":
-                    if out:
-                        out.pop()
-                else:
-                    out.append(p)
-            return "/" + "/".join(out)
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > max_links:
-                raise SandboxError(f"too many symlinks resolving {path} in {root}")
-            target = os.readlink(host)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p and p != "."] + parts
-            continue
-        done.append(name)
-    return "/" + "/".join(done)
+    try:
+        return "/" + rootpath.resolve_lenient(rootpath.DiskTree(root), path, max_hops=max_links)
+    except rootpath.SymlinkLoop:
+        raise SandboxError(f"too many symlinks resolving {path} in {root}") from None
 
 
 @dataclass
