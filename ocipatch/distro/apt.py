@@ -136,6 +136,9 @@ class AptRunner:
             # default, aptly) carry no Translation files: a 404 there would fail the update.
             "-o",
             "Acquire::Languages=none",
+            # The rootfs is a throwaway copy: dpkg's fsync per file buys nothing here.
+            "-o",
+            "Dpkg::Options::=--force-unsafe-io",
             "-o",
             "Dpkg::Options::=--force-confold",
             "-o",
