@@ -8,10 +8,13 @@ label), so the result always has exactly one patch layer holding the old and the
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -148,10 +151,41 @@ def requirements_from(
     return reqs, skipped
 
 
+SHM = Path("/dev/shm")
+
+
+def scratch_base(ctx: Context, needed: int) -> Path:
+    """Where the image is unpacked: $OCIPATCH_WORK_DIR if set; else a tmpfs (/dev/shm) when it
+    has room for twice the image and the image is under a quarter of the free memory (creating
+    ~10k files there takes a fraction of a second, on a slow disk several); else the cache."""
+    env = os.environ.get("OCIPATCH_WORK_DIR")
+    if env:
+        return Path(env)
+    try:
+        st = os.statvfs(SHM)
+        free = st.f_bavail * st.f_frsize
+        if os.access(SHM, os.W_OK) and free > 2 * needed and needed < _mem_available() // 4:
+            base = SHM / f"ocipatch-{os.getuid()}"
+            base.mkdir(mode=0o700, exist_ok=True)
+            return base
+    except OSError:
+        pass
+    return ctx.cache.work_dir("work")
+
+
+def _mem_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 @contextlib.contextmanager
-def work_dir(ctx: Context) -> Iterator[Path]:
-    root = ctx.cache.work_dir("work")
-    path = Path(tempfile.mkdtemp(prefix="patch-", dir=root))
+def work_dir(ctx: Context, needed: int = 0) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="patch-", dir=scratch_base(ctx, needed)))
     try:
         yield path
     finally:
@@ -208,10 +242,11 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
 
     keep = base_layer_count(image)
     results = ResultCache(ctx.cache.work_dir("results"), ctx.cache)
-    key = None
+    key: str | None = None
+    planning: Future[str | None] | None = None
     if not distroless and not opts.dry_run:
-        progress.step("Planning from the repositories' signed indices")
-        key = plan_key(
+        compute = functools.partial(
+            plan_key,
             view,
             [layer.digest for layer in image.layers],
             requirements,
@@ -221,13 +256,20 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
             mirrors=opts.repo_mirrors,
             cache_dir=ctx.cache.work_dir("repos"),
         )
-        hit = results.get(key) if key else None
-        if hit is not None:
-            progress.step("The same patch was made before: reusing its layer")
-            return _from_cache(
-                ctx, opts, image, keep, hit, result, dest_ref, osr, started, progress
-            )
-    with work_dir(ctx) as work:
+        if results.empty():
+            # Nothing cached yet, so a miss whatever the key: plan alongside the unpack.
+            planning = ThreadPoolExecutor(max_workers=1).submit(compute)
+        else:
+            progress.step("Planning from the repositories' signed indices")
+            key = compute()
+            hit = results.get(key) if key else None
+            if hit is not None:
+                progress.step("The same patch was made before: reusing its layer")
+                return _from_cache(
+                    ctx, opts, image, keep, hit, result, dest_ref, osr, started, progress
+                )
+    unpacked = sum(e.size for e in view.walk())
+    with work_dir(ctx, unpacked) as work:
         rootfs = work / "rootfs"
         progress.step(f"Unpacking {len(image.layers)} layers")
         own = unpack(image.layers[:keep], rootfs)
@@ -310,6 +352,8 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
         progress.step(f"Writing {dest_ref}")
         result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
         result.image = dest_ref
+        if planning is not None:
+            key = planning.result()
         if key is not None:
             results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
 

@@ -107,6 +107,9 @@ class ResultCache:
         self.root = root
         self.blobs = blobs
 
+    def empty(self) -> bool:
+        return not self.root.is_dir() or next(self.root.glob("*.json"), None) is None
+
     def get(self, key: str) -> CachedResult | None:
         path = self.root / f"{key}.json"
         try:
