@@ -22,28 +22,32 @@ from typing import Any
 from ocipatch import __version__
 from ocipatch.distro.base import Requirement
 from ocipatch.errors import OcipatchError
-from ocipatch.fs.merged import MergedView
+from ocipatch.fs.merged import Entry, MergedView
 from ocipatch.oci.cache import BlobCache
 from ocipatch.repos.apt import AptRepositories
 
-# What apt's configuration and dpkg's database need, read through the merged layers.
-_APT_STATE = (
-    "etc/apt/",
-    "usr/share/keyrings/",
-    "var/lib/dpkg/status",
-    "var/lib/dpkg/arch",
-    "etc/os-release",
-    "usr/lib/os-release",
-)
+# What apt's configuration and dpkg's database need, read through the merged layers: trees
+# (walked) and single files. Reading costs what these hold, not what the image holds.
+_APT_TREES = ("etc/apt", "usr/share/keyrings")
+_APT_FILES = ("var/lib/dpkg/status", "var/lib/dpkg/arch", "etc/os-release", "usr/lib/os-release")
+
+
+def _collect(view: MergedView, path: str, out: list[Entry]) -> None:
+    e = view.entry(path)
+    if e is None:
+        return
+    out.append(e)
+    if e.type == "dir":
+        for name in view.listdir(path):
+            _collect(view, f"{path}/{name}", out)
 
 
 def extract_apt_state(view: MergedView, dest: Path) -> None:
     """Write the image's apt sources, keyrings and dpkg status under dest (a few KB)."""
-    entries = [
-        e
-        for e in view.walk()
-        if any(e.path == p.rstrip("/") or e.path.startswith(p) for p in _APT_STATE)
-    ]
+    entries: list[Entry] = []
+    for tree in _APT_TREES:
+        _collect(view, tree, entries)
+    entries += [e for e in (view.entry(p) for p in _APT_FILES) if e is not None]
     files = [e.path for e in entries if e.type in ("file", "hardlink")]
     data = view.read_files(files)
     for e in entries:
