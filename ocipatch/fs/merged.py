@@ -575,8 +575,52 @@ class MergedView:
                 continue
             wanted.setdefault(node.data_layer, {}).setdefault(node.data_ordinal, []).append(path)
         for li in sorted(wanted):
-            self._read_layer(li, wanted[li], out)
+            missing = {
+                o: names for o, names in wanted[li].items() if not self._cached(li, o, names, out)
+            }
+            if missing:
+                read: dict[str, bytes] = {}
+                self._read_layer(li, missing, read)
+                for o, names in missing.items():
+                    self._remember(li, o, read[names[0]])
+                out.update(read)
         return out
+
+    # Small files read once (dpkg's status, os-release, apt's sources) are kept beside the
+    # layer's index, so reading them again does not stream the whole layer again. Layers are
+    # immutable (named by digest), so entries never go stale.
+    _REMEMBER_MAX = 4 << 20
+
+    def _content_path(self, li: int, ordinal: int) -> Path | None:
+        if self.index_cache_dir is None:
+            return None
+        alg, _, hexpart = self.layers[li].digest.partition(":")
+        return self.index_cache_dir / "files" / f"{alg}-{hexpart}" / str(ordinal)
+
+    def _cached(self, li: int, ordinal: int, names: list[str], out: dict[str, bytes]) -> bool:
+        path = self._content_path(li, ordinal)
+        try:
+            data = path.read_bytes() if path is not None else None
+        except OSError:
+            return False
+        if data is None:
+            return False
+        for name in names:
+            out[name] = data
+        return True
+
+    def _remember(self, li: int, ordinal: int, data: bytes) -> None:
+        path = self._content_path(li, ordinal)
+        if path is None or len(data) > self._REMEMBER_MAX:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a cache that cannot be written is only slower
 
     def _read_layer(self, li: int, by_ordinal: dict[int, list[str]], out: dict[str, bytes]) -> None:
         remaining = len(by_ordinal)
