@@ -265,9 +265,9 @@ def test_loops_and_absent_paths() -> None:
     assert view.listdir("etc/os-release") == []
 
 
-def test_package_db_reads_touch_only_needed_layers(tmp_path: Path) -> None:
+def test_package_db_reads_touch_only_needed_layers() -> None:
     layers = three_layers()
-    view = MergedView(layers, tmp_path / "idx")
+    view = MergedView(layers)  # no cache: every read streams the layer holding the file
     names = view.listdir("/var/lib/dpkg/status.d")
     assert names == ["libc6", "openssl"]
     assert [lay.opened for lay in layers] == [1, 1, 1]  # one indexing pass each
@@ -281,11 +281,26 @@ def test_package_db_reads_touch_only_needed_layers(tmp_path: Path) -> None:
     assert [lay.opened for lay in layers] == [1, 2, 2]
 
 
+def test_package_db_is_captured_while_indexing(tmp_path: Path) -> None:
+    """With a cache, dpkg's database and os-release are kept during the indexing pass: reading
+    them streams no layer again, now or in a later run."""
+    layers = three_layers()
+    view = MergedView(layers, tmp_path / "idx")
+    names = view.listdir("/var/lib/dpkg/status.d")
+    got = view.read_files(f"/var/lib/dpkg/status.d/{n}" for n in names)
+    assert got["/var/lib/dpkg/status.d/libc6"] == b"Package: libc6\nVersion: 2\n"
+    assert view.read_file("/var/lib/dpkg/status") == b"top status\n"
+    assert [lay.opened for lay in layers] == [1, 1, 1]
+    again = three_layers()
+    assert MergedView(again, tmp_path / "idx").read_file("/var/lib/dpkg/status") == b"top status\n"
+    assert [lay.opened for lay in again] == [0, 0, 0]
+
+
 def test_index_cache_is_reused(tmp_path: Path) -> None:
     cache = tmp_path / "idx"
     layers = three_layers()
     MergedView(layers, cache).exists("etc")
-    files = sorted(cache.iterdir())
+    files = sorted(cache.glob("*.index.json"))
     assert len(files) == 3
     doc = json.loads(files[0].read_text())
     assert doc["format"] == 1 and doc["digest"].startswith("sha256:")

@@ -168,8 +168,47 @@ def hardlink_target(layer_digest: str, name: str, raw: str) -> str:
     return wh.normalize(raw)
 
 
-def index_layer(layer: TarLayer) -> list[Op]:
-    """One streaming pass over a layer: its entries, whiteouts and opaque markers in tar order."""
+# Small files nearly every run reads (OS identity, dpkg's database, apt's sources and keys):
+# their contents are kept during the indexing pass, so reading them later streams no layer.
+CAPTURED = (
+    "etc/os-release",
+    "usr/lib/os-release",
+    "var/lib/dpkg/status",
+    "var/lib/dpkg/arch",
+    "var/lib/dpkg/status.d/",
+    "etc/apt/",
+    "usr/share/keyrings/",
+)
+CAPTURE_MAX = 4 << 20
+
+
+def _captured(name: str) -> bool:
+    return any(name == c or (c.endswith("/") and name.startswith(c)) for c in CAPTURED)
+
+
+def content_path(cache_dir: Path, digest: str, ordinal: int) -> Path:
+    """Where the content of a layer's member (by tar ordinal) is kept once read."""
+    alg, _, hexpart = digest.partition(":")
+    return cache_dir / "files" / f"{alg}-{hexpart}" / str(ordinal)
+
+
+def remember(cache_dir: Path | None, digest: str, ordinal: int, data: bytes) -> None:
+    if cache_dir is None or len(data) > CAPTURE_MAX:
+        return
+    path = content_path(cache_dir, digest, ordinal)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache that cannot be written is only slower
+
+
+def index_layer(layer: TarLayer, captured: dict[int, bytes] | None = None) -> list[Op]:
+    """One streaming pass over a layer: its entries, whiteouts and opaque markers in tar order.
+    With `captured`, the contents of the CAPTURED files are collected into it by ordinal."""
     ops: list[Op] = []
     digest = layer.digest
 
@@ -192,6 +231,9 @@ def index_layer(layer: TarLayer) -> list[Op]:
         link = m.linkname
         if typ == "hardlink":
             link = hardlink_target(digest, name, link)
+        if captured is not None and typ == "file" and m.size <= CAPTURE_MAX and _captured(name):
+            f = _tf.extractfile(m)
+            captured[ordinal] = f.read() if f is not None else b""
         ops.append(
             (
                 "e",
@@ -259,7 +301,10 @@ def load_index(layer: TarLayer, cache_dir: Path | None) -> list[Op]:
         if ops is not None:
             return ops
         log.info("index cache %s is unreadable; rebuilding it", path)
-    ops = index_layer(layer)
+    captured: dict[int, bytes] = {}
+    ops = index_layer(layer, captured if cache_dir is not None else None)
+    for ordinal, data in captured.items():
+        remember(cache_dir, layer.digest, ordinal, data)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
@@ -586,41 +631,21 @@ class MergedView:
                 out.update(read)
         return out
 
-    # Small files read once (dpkg's status, os-release, apt's sources) are kept beside the
-    # layer's index, so reading them again does not stream the whole layer again. Layers are
-    # immutable (named by digest), so entries never go stale.
-    _REMEMBER_MAX = 4 << 20
-
-    def _content_path(self, li: int, ordinal: int) -> Path | None:
-        if self.index_cache_dir is None:
-            return None
-        alg, _, hexpart = self.layers[li].digest.partition(":")
-        return self.index_cache_dir / "files" / f"{alg}-{hexpart}" / str(ordinal)
-
     def _cached(self, li: int, ordinal: int, names: list[str], out: dict[str, bytes]) -> bool:
-        path = self._content_path(li, ordinal)
-        try:
-            data = path.read_bytes() if path is not None else None
-        except OSError:
+        """Contents kept from an earlier read (or the indexing pass): layers are immutable,
+        named by digest, so they never go stale."""
+        if self.index_cache_dir is None:
             return False
-        if data is None:
+        try:
+            data = content_path(self.index_cache_dir, self.layers[li].digest, ordinal).read_bytes()
+        except OSError:
             return False
         for name in names:
             out[name] = data
         return True
 
     def _remember(self, li: int, ordinal: int, data: bytes) -> None:
-        path = self._content_path(li, ordinal)
-        if path is None or len(data) > self._REMEMBER_MAX:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a cache that cannot be written is only slower
+        remember(self.index_cache_dir, self.layers[li].digest, ordinal, data)
 
     def _read_layer(self, li: int, by_ordinal: dict[int, list[str]], out: dict[str, bytes]) -> None:
         remaining = len(by_ordinal)
