@@ -44,6 +44,7 @@ from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.digest import sha256_bytes
 from ocipatch.oci.layout import LayoutDestination
 from ocipatch.oci.types import Descriptor
+from tools.build_image import copy_cached_layout
 from tools.debian_rootfs import CACHE_DIR, DEFAULT_EPOCH, AptSource, read_host_sources
 
 SUITE = "bookworm"
@@ -415,15 +416,7 @@ def build_distroless_image(
     cached = CACHE_DIR / f"distroless-{key}"
     if not (cached / "index.json").exists():
         _build(cached, arches, merged_usr)
-    if out.resolve() != cached.resolve():
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(cached, out)
-    if tag != "latest":
-        index = json.loads((out / "index.json").read_text())
-        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] = tag
-        (out / "index.json").write_text(json.dumps(index, indent=2))
-    return out
+    return copy_cached_layout(cached, out, tag)
 
 
 def installed_versions(arch: str) -> dict[str, str]:

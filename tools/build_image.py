@@ -100,6 +100,11 @@ def build_debian_image(
     cached = CACHE_DIR / f"image-{key}"
     if not (cached / "index.json").exists():
         _build(cached, layers_tars, arch)
+    return copy_cached_layout(cached, out, tag)
+
+
+def copy_cached_layout(cached: Path, out: Path, tag: str) -> Path:
+    """Copy a cached one-image layout (tagged "latest") to out, tagged `tag`."""
     if out.resolve() != cached.resolve():
         if out.exists():
             shutil.rmtree(out)
