@@ -8,7 +8,9 @@ rather than from the disk: a root:shadow 2755 file stays root:shadow 2755.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,17 +73,25 @@ def control_files(deb: Path) -> dict[str, bytes]:
         raise IntegrityError(f"cannot read package {deb.name}: {e}") from None
 
 
-def deb_file_meta(debs: list[Path]) -> dict[str, FileMeta]:
-    """path (relative, no leading ./) -> metadata, over every file of the given .debs."""
+def _one_deb_meta(deb: Path) -> dict[str, FileMeta]:
     out: dict[str, FileMeta] = {}
-    for deb in debs:
-        tar = open_data_tar(deb)
-        with tar:
-            for m in tar:
-                name = m.name[2:] if m.name.startswith("./") else m.name.lstrip("/")
-                name = name.rstrip("/")
-                if name and name != ".":
-                    out[name] = FileMeta(m.uid, m.gid, m.mode & 0o7777)
+    with open_data_tar(deb) as tar:
+        for m in tar:
+            name = m.name[2:] if m.name.startswith("./") else m.name.lstrip("/")
+            name = name.rstrip("/")
+            if name and name != ".":
+                out[name] = FileMeta(m.uid, m.gid, m.mode & 0o7777)
+    return out
+
+
+def deb_file_meta(debs: list[Path]) -> dict[str, FileMeta]:
+    """path (relative, no leading ./) -> metadata, over every file of the given .debs (a later
+    package wins a path two ship). Decompression releases the GIL: packages are read in
+    parallel."""
+    out: dict[str, FileMeta] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for meta in pool.map(_one_deb_meta, debs):
+            out.update(meta)
     return out
 
 
