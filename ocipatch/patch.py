@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -42,6 +43,8 @@ from ocipatch.progress import Progress
 from ocipatch.reports.load import check_report_matches, load_report
 from ocipatch.reports.model import UpdateManifest
 from ocipatch.resultcache import CachedResult, ResultCache, plan_key
+
+log = logging.getLogger(__name__)
 
 LABEL_BASE_LAYERS = "dev.ocipatch.base.layers"
 LABEL_BASE_DIGEST = "dev.ocipatch.base.digest"
@@ -353,7 +356,10 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
         result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
         result.image = dest_ref
         if planning is not None:
-            key = planning.result()
+            try:
+                key = planning.result()
+            except Exception as e:  # the cache is an optimisation: never fail a done patch
+                log.debug("result cache key not computed: %s", e)
         if key is not None:
             results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
 
