@@ -268,21 +268,33 @@ _PACKAGE = re.compile(rb"^Package:[ \t]*(\S+)", re.M)
 _PROVIDES = re.compile(rb"^Provides:(.*(?:\n[ \t].*)*)", re.M)
 
 
+def _stanza_spans(data: bytes) -> Iterator[tuple[int, int]]:
+    start = 0
+    for sep in _SEPARATOR.finditer(data):
+        yield start, sep.start()
+        start = sep.end()
+    if start < len(data):
+        yield start, len(data)
+
+
 class PackagesIndex:
     """One verified Packages file: stanzas by package name, parsed on first use."""
 
     def __init__(self, data: bytes, release: ReleaseInfo, base_url: str) -> None:
         self.release = release
         self.base_url = base_url
-        self._raw: dict[str, list[bytes]] = {}
+        # The file is kept once; stanzas are (start, end) offsets into it, sliced when a
+        # package is looked up: a 45 MB index costs 45 MB, not twice that in slices.
+        self._data = data
+        self._raw: dict[str, list[tuple[int, int]]] = {}
         self.provided: dict[str, set[str]] = {}  # virtual name -> names that may provide it
-        for stanza in _SEPARATOR.split(data):
-            m = _PACKAGE.search(stanza)
+        for start, end in _stanza_spans(data):
+            m = _PACKAGE.search(data, start, end)
             if not m:
                 continue
             name = m.group(1).decode()
-            self._raw.setdefault(name, []).append(stanza)
-            pm = _PROVIDES.search(stanza)
+            self._raw.setdefault(name, []).append((start, end))
+            pm = _PROVIDES.search(data, start, end)
             if pm:
                 for virtual in re.split(rb",", pm.group(1)):
                     v = virtual.strip().split(b"(")[0].split(b":")[0].strip()
@@ -302,7 +314,8 @@ class PackagesIndex:
     def get(self, name: str) -> list[PackageRecord]:
         if name not in self._parsed:
             self._parsed[name] = [
-                _record(s, self.release, self.base_url) for s in self._raw.get(name, [])
+                _record(self._data[a:b], self.release, self.base_url)
+                for a, b in self._raw.get(name, [])
             ]
         return self._parsed[name]
 
