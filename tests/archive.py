@@ -34,6 +34,16 @@ def newest_versions(arch: str = "amd64") -> dict[str, str]:
     return newest
 
 
+def pending_updates(installed: dict[str, str], arch: str = "amd64") -> dict[str, str]:
+    """name -> newest version, for the installed packages the archive offers a newer one of."""
+    newest = newest_versions(arch)
+    return {
+        n: newest[n]
+        for n, v in installed.items()
+        if n in newest and version_compare(newest[n], v) > 0
+    }
+
+
 def trivy_report(
     installed: dict[str, str], fixed: dict[str, str], arch: str = "amd64", os_name: str = "12.5"
 ) -> dict[str, object]:

@@ -17,9 +17,8 @@ from typing import Any
 
 import jsonschema
 import pytest
-from debian.debian_support import version_compare
 
-from tests.archive import newest_versions, trivy_report
+from tests.archive import pending_updates, trivy_report
 from tests.plugins.images import skopeo, trivy_packages, umoci_unpack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,12 +70,7 @@ def image(debian_two_layer_layout: Path, registry: Any) -> dict[str, Any]:
     )
     assert r.returncode == 0, r.stderr
     installed = {p["name"]: p["version"] for p in json.loads(r.stdout)["packages"]}
-    newest = newest_versions("amd64")
-    needed = {
-        n: newest[n]
-        for n, v in installed.items()
-        if n in newest and version_compare(newest[n], v) > 0
-    }
+    needed = pending_updates(installed)
     assert set(FIRST) <= set(needed), "bookworm main lags bookworm-security for openssl today"
     return {
         "ref": ref,

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from debian.debian_support import version_compare
 
 from tests import hermetic as h
-from tests.archive import newest_versions, trivy_report
+from tests.archive import pending_updates, trivy_report
 from tests.plugins.aptrepo import UNPRIVILEGED_UID, scratch_dir
 from tests.plugins.images import skopeo, trivy_packages
 from tests.test_airgap import deb_headers
@@ -309,12 +308,7 @@ def test_sandbox_none(debian_two_layer_layout: Path, registry: Any, env: Env) ->
     )
     assert r.returncode == 0, r.stderr
     installed = {p["name"]: p["version"] for p in json.loads(r.stdout)["packages"]}
-    newest = newest_versions("amd64")
-    needed = {
-        n: newest[n]
-        for n, v in installed.items()
-        if n in newest and version_compare(newest[n], v) > 0
-    }
+    needed = pending_updates(installed)
     assert {"openssl", "libssl3"} <= set(needed)
     report = env.work / "none.json"
     report.write_text(json.dumps(trivy_report(installed, needed)))
