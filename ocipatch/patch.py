@@ -7,12 +7,14 @@ label), so the result always has exactly one patch layer holding the old and the
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,19 +24,19 @@ from typing import Any
 
 from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
-from ocipatch.distro.apt import AptConfig, AptRunner
+from ocipatch.distro.apt import AptConfig, AptRunner, archive_name
 from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requirement
-from ocipatch.distro.debmeta import deb_file_meta, read_statoverride
+from ocipatch.distro.debmeta import DebMetaMemo, deb_file_meta, read_statoverride
 from ocipatch.distro.detect import OsRelease, read_os_release
 from ocipatch.distro.dpkg import DpkgPatcher, exclude
 from ocipatch.distro.dpkgdirect import DirectConfig, DpkgDirectPatcher
 from ocipatch.errors import UnsupportedError, UsageError
-from ocipatch.fs.changes import Change, diff, snapshot
+from ocipatch.fs.changes import Change, Snapshot, diff, snapshot
 from ocipatch.fs.layerwriter import write_layer
 from ocipatch.fs.merged import MergedView
-from ocipatch.fs.unpack import unpack
+from ocipatch.fs.unpack import OnIndex, OwnershipMap, unpack
 from ocipatch.oci import mediatypes as mt
-from ocipatch.oci.image import Image
+from ocipatch.oci.image import Image, prefetch
 from ocipatch.oci.mutate import append_layer
 from ocipatch.oci.reference import ImageRef, parse_reference
 from ocipatch.oci.transport import write_image
@@ -42,6 +44,8 @@ from ocipatch.oci.types import Descriptor
 from ocipatch.progress import Progress
 from ocipatch.reports.load import check_report_matches, load_report
 from ocipatch.reports.model import UpdateManifest
+from ocipatch.repos.apt import AptRepositories
+from ocipatch.repos.resolve import InstallItem, InstallSet
 from ocipatch.resultcache import CachedResult, ResultCache, plan_key
 
 log = logging.getLogger(__name__)
@@ -205,8 +209,31 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
 
     progress.step(f"Reading {src_ref}")
     image = ctx.open_image(src_ref)
+    with contextlib.ExitStack() as stack:
+        return _patch(ctx, opts, progress, image, stack, started, src_ref, dest_ref, report)
+
+
+def _patch(
+    ctx: Context,
+    opts: PatchOptions,
+    progress: Progress,
+    image: Image,
+    stack: contextlib.ExitStack,
+    started: float,
+    src_ref: ImageRef,
+    dest_ref: ImageRef,
+    report: UpdateManifest | None,
+) -> PatchResult:
     source_digest = image.index.digest if image.index is not None else image.digest
     view = MergedView(image.layers, ctx.cache.work_dir("index"))
+    keep = base_layer_count(image)
+    unpacked: _Unpacked | None = None
+    if not view.indexed():
+        # An image this cache has not seen (so no patch of it is cached either): one pass over
+        # each layer extracts and indexes it, instead of one pass for each.
+        work = stack.enter_context(work_dir(ctx, _size_estimate(image)))
+        unpacked = _unpack_image(image, keep, work, progress, view.add_index)
+        stack.callback(concurrent.futures.wait, [unpacked.snap])  # before the tree goes
     osr = read_os_release(view)
     pm = detect(view)
     if pm is None:
@@ -243,10 +270,11 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
             )
             return result
 
-    keep = base_layer_count(image)
     results = ResultCache(ctx.cache.work_dir("results"), ctx.cache)
     key: str | None = None
     planning: Future[str | None] | None = None
+    ahead: _FetchAhead | None = None
+    memo = DebMetaMemo()
     if not distroless and not opts.dry_run:
         compute = functools.partial(
             plan_key,
@@ -259,9 +287,13 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
             mirrors=opts.repo_mirrors,
             cache_dir=ctx.cache.work_dir("repos"),
         )
-        if results.empty():
-            # Nothing cached yet, so a miss whatever the key: plan alongside the unpack.
-            planning = ThreadPoolExecutor(max_workers=1).submit(compute)
+        if unpacked is not None or results.empty():
+            # A miss whatever the key: plan alongside the rest of the work, and fetch the
+            # plan's packages (and read their owners) while apt is still updating.
+            ahead = _FetchAhead(
+                None if opts.sandbox == "none" else ctx.cache.work_dir("apt") / "debs", memo
+            )
+            planning = ThreadPoolExecutor(max_workers=1).submit(compute, on_plan=ahead)
         else:
             progress.step("Planning from the repositories' signed indices")
             key = compute()
@@ -271,97 +303,97 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
                 return _from_cache(
                     ctx, opts, image, keep, hit, result, dest_ref, osr, started, progress
                 )
-    unpacked = sum(e.size for e in view.walk())
-    with work_dir(ctx, unpacked) as work:
-        rootfs = work / "rootfs"
-        progress.step(f"Unpacking {len(image.layers)} layers")
-        own = unpack(image.layers[:keep], rootfs)
-        snap = snapshot(rootfs, own, exclude=exclude)
-        if keep < len(image.layers):
-            progress.step("Re-patch: replaying the previous patch layer")
-            unpack(image.layers[keep:], rootfs, ownership=own)
+    if unpacked is None:
+        work = stack.enter_context(work_dir(ctx, sum(e.size for e in view.walk())))
+        unpacked = _unpack_image(image, keep, work, progress)
+        stack.callback(concurrent.futures.wait, [unpacked.snap])
+    work, rootfs, own = unpacked.work, unpacked.rootfs, unpacked.own
+    from ocipatch.sandbox.select import select_sandbox
 
-        from ocipatch.sandbox.select import select_sandbox
-
-        # --sandbox none runs nothing from the image: repos/ resolves, debinstall unpacks.
-        passed_over: list[str] = []
-        sandbox = None if opts.sandbox == "none" else select_sandbox(opts.sandbox, passed_over)
-        for why in passed_over:
-            progress.note(f"sandbox {why}: trying the next one")
-        apt_config = AptConfig(
-            cache_dir=ctx.cache.work_dir("apt"),
-            timeout=opts.timeout,
-            mirrors=opts.repo_mirrors,
-            insecure=opts.insecure_repos,
-            log=work / "apt.log",
+    # --sandbox none runs nothing from the image: repos/ resolves, debinstall unpacks.
+    passed_over: list[str] = []
+    sandbox = None if opts.sandbox == "none" else select_sandbox(opts.sandbox, passed_over)
+    for why in passed_over:
+        progress.note(f"sandbox {why}: trying the next one")
+    apt_config = AptConfig(
+        cache_dir=ctx.cache.work_dir("apt"),
+        timeout=opts.timeout,
+        mirrors=opts.repo_mirrors,
+        insecure=opts.insecure_repos,
+        log=work / "apt.log",
+    )
+    patcher: Patcher
+    if distroless and sandbox is None:
+        raise UsageError(
+            "a distroless image is patched by its tooling image's apt, which needs a sandbox: "
+            "use --sandbox auto, bwrap or proot"
         )
-        patcher: Patcher
-        if distroless and sandbox is None:
-            raise UsageError(
-                "a distroless image is patched by its tooling image's apt, which needs a sandbox: "
-                "use --sandbox auto, bwrap or proot"
-            )
-        if distroless:
-            assert sandbox is not None
-            from ocipatch.distro.distroless import distroless_patcher
+    if distroless:
+        assert sandbox is not None
+        from ocipatch.distro.distroless import distroless_patcher
 
-            patcher = distroless_patcher(
-                ctx,
-                tooling_image=opts.tooling_image,
-                osr=osr,
-                platform=image.platform,
-                rootfs=rootfs,
-                ownership=own,
-                sandbox=sandbox,
-                apt_config=apt_config,
-                work=work,
-                progress=progress,
-            )
-        elif sandbox is None:
-            progress.step("Installing directly (--sandbox none): no maintainer script will run")
-            patcher = DpkgDirectPatcher(
-                rootfs,
-                own,
-                DirectConfig(ctx.cache.work_dir("repos"), opts.repo_mirrors, opts.insecure_repos),
-            )
-        else:
-            progress.step(f"Running apt in {sandbox.name}")
-            patcher = DpkgPatcher(rootfs, AptRunner(rootfs, sandbox, apt_config))
-        plan = patcher.plan(installed, requirements, ignore_errors=opts.ignore_errors)
-        result.plan = plan
-        result.skipped += [(i.name, i.reason) for i in plan.skipped]
-        if opts.dry_run:
-            result.status = "dry-run"
-            result.seconds = time.monotonic() - started
-            return result
-        if not plan.updates:
-            result.status = "up-to-date"
-            result.seconds = time.monotonic() - started
-            progress.done("Nothing to patch: no newer packages")
-            return result
-        outcome = patcher.apply(plan)
-        failed = patcher.verify(plan, ignore_errors=opts.ignore_errors)
-        result.skipped += [(i.name, i.reason) for i in failed]
-        result.updated = outcome.updated
-        result.notes += outcome.notes
+        unpacked.snap.result()  # the tooling image's apt works on the tree from the start
 
-        progress.step("Writing the patch layer")
-        changes = diff(snap, rootfs, exclude, ownership=own)
-        changes = _with_package_ownership(changes, rootfs, outcome.debs)
-        result.notes += _conffile_notes(changes)
-        layer = _write_patch_layer(ctx, changes, opts.compression)
-        new_image = _assemble(ctx, image, keep, layer, opts.compression, result.updated)
-        result.layer_size = layer[2]
-        progress.step(f"Writing {dest_ref}")
-        result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
-        result.image = dest_ref
-        if planning is not None:
-            try:
-                key = planning.result()
-            except Exception as e:  # the cache is an optimisation: never fail a done patch
-                log.debug("result cache key not computed: %s", e)
-        if key is not None:
-            results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
+        patcher = distroless_patcher(
+            ctx,
+            tooling_image=opts.tooling_image,
+            osr=osr,
+            platform=image.platform,
+            rootfs=rootfs,
+            ownership=own,
+            sandbox=sandbox,
+            apt_config=apt_config,
+            work=work,
+            progress=progress,
+        )
+    elif sandbox is None:
+        progress.step("Installing directly (--sandbox none): no maintainer script will run")
+        patcher = DpkgDirectPatcher(
+            rootfs,
+            own,
+            DirectConfig(ctx.cache.work_dir("repos"), opts.repo_mirrors, opts.insecure_repos),
+        )
+    else:
+        progress.step(f"Running apt in {sandbox.name}")
+        patcher = DpkgPatcher(rootfs, AptRunner(rootfs, sandbox, apt_config))
+    plan = patcher.plan(installed, requirements, ignore_errors=opts.ignore_errors)
+    result.plan = plan
+    result.skipped += [(i.name, i.reason) for i in plan.skipped]
+    if opts.dry_run:
+        result.status = "dry-run"
+        result.seconds = time.monotonic() - started
+        return result
+    if not plan.updates:
+        result.status = "up-to-date"
+        result.seconds = time.monotonic() - started
+        progress.done("Nothing to patch: no newer packages")
+        return result
+    if ahead is not None and planning is not None:
+        ahead.wait(planning)
+    snap = unpacked.snap.result()  # before anything writes to the tree
+    outcome = patcher.apply(plan)
+    failed = patcher.verify(plan, ignore_errors=opts.ignore_errors)
+    result.skipped += [(i.name, i.reason) for i in failed]
+    result.updated = outcome.updated
+    result.notes += outcome.notes
+
+    progress.step("Writing the patch layer")
+    changes = diff(snap, rootfs, exclude, ownership=own)
+    changes = _with_package_ownership(changes, rootfs, outcome.debs, memo)
+    result.notes += _conffile_notes(changes)
+    layer = _write_patch_layer(ctx, changes, opts.compression)
+    new_image = _assemble(ctx, image, keep, layer, opts.compression, result.updated)
+    result.layer_size = layer[2]
+    progress.step(f"Writing {dest_ref}")
+    result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
+    result.image = dest_ref
+    if planning is not None:
+        try:
+            key = planning.result()
+        except Exception as e:  # the cache is an optimisation: never fail a done patch
+            log.debug("result cache key not computed: %s", e)
+    if key is not None:
+        results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
 
     result.vulnerabilities_fixed = _fixed_ids(result, plan)
     if opts.vex is not None:
@@ -371,10 +403,97 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     return result
 
 
-def _with_package_ownership(changes: list[Change], rootfs: Path, debs: list[Path]) -> list[Change]:
+class _FetchAhead:
+    """The planning thread's second job: download the plan's packages (verified against the
+    signed indices) into apt's archive directory, where apt finds them and skips its own
+    download, then read their owners and modes for the patch layer while dpkg runs."""
+
+    WAIT = 60.0  # at most this long does apt wait for packages on their way
+
+    def __init__(self, archives: Path | None, memo: DebMetaMemo) -> None:
+        self.archives = archives  # None: the packages stay in the repository cache
+        self.memo = memo
+        self.ready = threading.Event()
+
+    def __call__(self, repos: AptRepositories, chosen: InstallSet) -> None:
+        try:
+            items = repos.download(chosen.items)
+            debs = [it.path for it in items if it.path is not None]
+            if self.archives is not None:
+                debs = [self._place(it) for it in items if it.path is not None]
+        finally:
+            self.ready.set()
+        self.memo.read(debs)
+
+    def _place(self, item: InstallItem) -> Path:
+        assert item.path is not None and self.archives is not None
+        dest = self.archives / archive_name(item.name, item.version, item.arch)
+        if not dest.is_file():
+            self.archives.mkdir(parents=True, exist_ok=True)
+            tmp = self.archives / "partial" / f"{dest.name}.{os.getpid()}.ahead"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(item.path, tmp)
+            except OSError:  # another file system: a copy
+                shutil.copyfile(item.path, tmp)
+            os.replace(tmp, dest)
+        return dest
+
+    def wait(self, planning: Future[str | None]) -> None:
+        """Until the packages are in place, planning ended (or failed), or WAIT passed."""
+        deadline = time.monotonic() + self.WAIT
+        while not self.ready.wait(0.05) and not planning.done():
+            if time.monotonic() > deadline:
+                return
+
+
+@dataclass
+class _Unpacked:
+    work: Path
+    rootfs: Path
+    own: OwnershipMap
+    snap: Future[Snapshot]  # under way while apt updates its lists; done before apt installs
+
+
+def _unpack_image(
+    image: Image, keep: int, work: Path, progress: Progress, on_index: OnIndex | None = None
+) -> _Unpacked:
+    """The image's layers into work/rootfs, with a snapshot of the original ones. Without a
+    previous patch layer to replay the snapshot is taken on a thread (it only reads the tree,
+    as apt's update does); with one, it is taken before the replay."""
+    rootfs = work / "rootfs"
+    progress.step(f"Unpacking {len(image.layers)} layers")
+    prefetch(image.layers)
+    own = unpack(image.layers[:keep], rootfs, on_index=on_index)
+    take = functools.partial(snapshot, rootfs, own, exclude=exclude)
+    snap: Future[Snapshot]
+    if keep < len(image.layers):
+        snap = Future()
+        snap.set_result(take())
+        progress.step("Re-patch: replaying the previous patch layer")
+        unpack(image.layers[keep:], rootfs, ownership=own, on_index=on_index)
+    else:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        snap = pool.submit(take)
+        pool.shutdown(wait=False)
+    return _Unpacked(work, rootfs, own, snap)
+
+
+def _size_estimate(image: Image) -> int:
+    """Unpacked size before any index says it: compressed layers taken at 4x (gzip and zstd
+    layers of OS trees unpack to 2.5-3x), so the choice of scratch space errs on the safe side."""
+    return sum(
+        layer.descriptor.size * (1 if layer.compression == "none" else 4) for layer in image.layers
+    )
+
+
+def _with_package_ownership(
+    changes: list[Change], rootfs: Path, debs: list[Path], memo: DebMetaMemo
+) -> list[Change]:
     """Owners and modes from the installed .debs (then statoverride), not from the disk of an
     unprivileged sandbox."""
-    meta = deb_file_meta(debs)
+    meta = deb_file_meta(debs, memo)
     meta.update(read_statoverride(rootfs))
     out = []
     for c in changes:

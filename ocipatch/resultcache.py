@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,16 @@ from typing import Any
 from ocipatch import __version__
 from ocipatch.distro.base import Requirement
 from ocipatch.errors import OcipatchError
+from ocipatch.fs.layerwriter import WRITER_FORMAT
 from ocipatch.fs.merged import Entry, MergedView
 from ocipatch.oci.cache import BlobCache
 from ocipatch.repos.apt import AptRepositories
+from ocipatch.repos.resolve import InstallSet
+
+# Called with the plan once it is resolved (e.g. to fetch its packages ahead of the patcher).
+OnPlan = Callable[[AptRepositories, InstallSet], None]
+
+log = logging.getLogger(__name__)
 
 # What apt's configuration and dpkg's database need, read through the merged layers: trees
 # (walked) and single files. Reading costs what these hold, not what the image holds.
@@ -73,8 +83,11 @@ def plan_key(
     ignore_errors: bool,
     mirrors: list[tuple[str, str]],
     cache_dir: Path,
+    on_plan: OnPlan | None = None,
 ) -> str | None:
-    """The result key, or None when the plan cannot be computed here (then nothing is cached)."""
+    """The result key, or None when the plan cannot be computed here (then nothing is cached).
+    on_plan runs after the key is known; its errors are logged, never raised."""
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="plan-", dir=cache_dir) as tmp:
         root = Path(tmp)
         try:
@@ -83,8 +96,15 @@ def plan_key(
             repos.update()
             reqs = requirements or [Requirement(n, None) for n in sorted(repos.installed)]
             chosen = repos.resolve(reqs, ignore_errors=ignore_errors)
-        except (OcipatchError, OSError, ValueError):
+        except (OcipatchError, OSError, ValueError) as e:
+            log.debug("no result key: %s", e)
             return None
+    log.debug("result key planned in %.2f s", time.monotonic() - t0)
+    if on_plan is not None:
+        try:
+            on_plan(repos, chosen)
+        except Exception as e:  # an optimisation: the patcher fetches what is missing itself
+            log.debug("after planning: %s", e)
     doc = {
         "ocipatch": __version__,
         "layers": layer_digests,
@@ -93,6 +113,7 @@ def plan_key(
         "skipped": sorted(list(s) for s in chosen.skipped),
         "mode": mode,
         "compression": compression,
+        "writer": WRITER_FORMAT,
         "ignore_errors": ignore_errors,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()

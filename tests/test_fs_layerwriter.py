@@ -382,3 +382,56 @@ def test_hardlink_change_written_before_use() -> None:
         assert tf.getnames() == ["b/target", "a/z-link"]  # the target first, whatever the sort
     view = MergedView([MemLayer(buf.getvalue())])
     assert view.read_file("a/z-link") == b"T"
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_error_is() -> None:
+    from ocipatch.fs.compress import ReadAhead
+
+    data = os.urandom(3 << 20) + b"tail"
+    r = ReadAhead(io.BytesIO(data))  # type: ignore[arg-type]
+    got = b"".join(iter(lambda: r.read(10_240), b""))
+    assert got == data and r.read(5) == b""
+    r.close()
+
+    class Failing(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            chunk = super().read(n)
+            if self.tell() > (2 << 20):
+                raise OSError("disk went away")
+            return chunk
+
+    r = ReadAhead(Failing(data))  # type: ignore[arg-type]
+    first = r.read(1 << 20)
+    assert first == data[: 1 << 20]
+    with pytest.raises(OSError, match="disk went away"):
+        while r.read(1 << 20):
+            pass
+    r.close()
+    # Closing early stops the thread though the queue is full.
+    r = ReadAhead(io.BytesIO(os.urandom(32 << 20)))  # type: ignore[arg-type]
+    assert len(r.read(100)) == 100
+    r.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (5 << 20) + 12345])
+def test_parallel_gzip_is_standard_and_independent_of_threads(size: int) -> None:
+    """Blocks compressed on threads make one ordinary gzip member; the bytes do not depend on
+    the number of threads (the layer digest is the same on every machine)."""
+    from ocipatch.fs.compress import ParallelGzipWriter
+
+    data = (os.urandom(size // 3) + b"layer " * (size // 9 + 1))[:size]
+    outs = []
+    for workers in (1, 2, 4):
+        buf = io.BytesIO()
+        w = ParallelGzipWriter(buf, 6, workers=workers)  # type: ignore[arg-type]
+        for i in range(0, len(data), 70_000):
+            w.write(data[i : i + 70_000])
+        w.close()
+        outs.append(buf.getvalue())
+    assert outs[0] == outs[1] == outs[2]
+    assert gzip.decompress(outs[0]) == data
+    r = subprocess.run(["gzip", "-t"], input=outs[0], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert subprocess.run(["gzip", "-dc"], input=outs[0], capture_output=True).stdout == data
+    if size > (1 << 20):  # close to one zlib stream: the blocks share their window
+        assert len(outs[0]) < len(gzip.compress(data, 6, mtime=0)) * 1.01 + 64

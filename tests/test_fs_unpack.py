@@ -322,3 +322,29 @@ def test_continue_unpack_with_ownership(tmp_path: Path) -> None:
     assert disk_tree(root) == disk_tree(tmp_path / "whole")
     with pytest.raises(ValueError, match="privileged"):
         unpack([], root, privileged=True, ownership=own)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_unpack_indexes_as_it_extracts(tmp_path: Path, cached: bool) -> None:
+    """One pass per layer: the index an unpack builds equals the indexing pass's, the dpkg
+    database is captured, and the view answers without streaming any layer again."""
+    layers = three_layers()
+    cache = tmp_path / "idx" if cached else None
+    view = MergedView(layers, cache)
+    assert not view.indexed()
+    unpack(layers, tmp_path / "root", privileged=False, on_index=view.add_index)
+    assert [lay.opened for lay in layers] == [1, 1, 1]
+    assert view.indexed()
+    assert {e.path: e for e in view.walk()} == {
+        e.path: e for e in MergedView(three_layers()).walk()
+    }
+    assert view.read_file("/var/lib/dpkg/status") == b"top status\n"
+    assert view.read_file("/etc/os-release") is not None
+    assert [lay.opened for lay in layers] == [1, 1, 1]
+    if cached:
+        again = three_layers()
+        later = MergedView(again, cache)
+        assert later.indexed()
+        assert later.read_file("/var/lib/dpkg/status") == b"top status\n"
+        assert set(e.path for e in later.walk()) == set(e.path for e in view.walk())
+        assert [lay.opened for lay in again] == [0, 0, 0]

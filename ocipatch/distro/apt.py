@@ -139,6 +139,11 @@ class AptRunner:
             # The rootfs is a throwaway copy: dpkg's fsync per file buys nothing here.
             "-o",
             "Dpkg::Options::=--force-unsafe-io",
+            # Immediate configuration only limits the damage of a failed dpkg call to a live
+            # system; a failed patch throws its rootfs away. Off, apt makes one dpkg call
+            # instead of several, and each trigger (ldconfig, ca-certificates) runs once.
+            "-o",
+            "APT::Immediate-Configure=false",
             "-o",
             "Dpkg::Options::=--force-confold",
             "-o",
@@ -272,6 +277,12 @@ class AptRunner:
 
     def downloaded_debs(self) -> list[Path]:
         return sorted(self.archives.glob("*.deb"))
+
+
+def archive_name(name: str, version: str, arch: str) -> str:
+    """The file name apt gives a downloaded package in its archive directory (deb_key's
+    inverse): NAME_VERSION_ARCH.deb, the epoch's ':' quoted as %3a."""
+    return f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
 
 
 def _file_mirror_binds(mirrors: list[tuple[str, str]]) -> dict[int, tuple[Path, str]]:

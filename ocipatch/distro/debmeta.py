@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,15 +85,42 @@ def _one_deb_meta(deb: Path) -> dict[str, FileMeta]:
     return out
 
 
-def deb_file_meta(debs: list[Path]) -> dict[str, FileMeta]:
+def deb_file_meta(debs: list[Path], memo: DebMetaMemo | None = None) -> dict[str, FileMeta]:
     """path (relative, no leading ./) -> metadata, over every file of the given .debs (a later
     package wins a path two ship). Decompression releases the GIL: packages are read in
-    parallel."""
+    parallel. With memo, packages it already read are not read again."""
+    memo = memo if memo is not None else DebMetaMemo()
     out: dict[str, FileMeta] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for meta in pool.map(_one_deb_meta, debs):
-            out.update(meta)
+    for meta in memo.read(debs):
+        out.update(meta)
     return out
+
+
+class DebMetaMemo:
+    """Per-package metadata read once, by file identity (a hard link is the same package):
+    a thread can read the packages of a plan while dpkg installs them."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[int, int, int], dict[str, FileMeta]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(deb: Path) -> tuple[int, int, int]:
+        st = deb.stat()
+        return (st.st_dev, st.st_ino, st.st_size)
+
+    def read(self, debs: list[Path]) -> list[dict[str, FileMeta]]:
+        """Each package's metadata, in the order given."""
+        keys = [self._key(d) for d in debs]
+        with self._lock:
+            todo = {k: d for k, d in zip(keys, debs, strict=True) if k not in self._done}
+        if todo:
+            with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+                read = dict(zip(todo, pool.map(_one_deb_meta, todo.values()), strict=True))
+            with self._lock:
+                self._done.update(read)
+        with self._lock:
+            return [self._done[k] for k in keys]
 
 
 def _id(name: str, table: dict[str, int]) -> int | None:

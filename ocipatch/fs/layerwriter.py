@@ -37,6 +37,10 @@ from typing import BinaryIO, cast
 from ocipatch.fs.changes import Change, sort_changes
 from ocipatch.fs.compress import compressor
 
+# Bumped whenever the same changes would be written as other bytes (2: parallel gzip blocks), so
+# a result cached by an older writer is not taken for what this one writes.
+WRITER_FORMAT = 2
+
 # 2000-01-01T00:00:00Z. Files of a patch are younger, so by default they all get this time.
 DEFAULT_MTIME_CLAMP = 946684800
 _TYPES = {

@@ -23,13 +23,12 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
-
-import zstandard
+from typing import Any, BinaryIO, Protocol, cast
 
 from ocipatch.errors import ImageFormatError, UnsafeArchiveError
 from ocipatch.fs import rootpath
 from ocipatch.fs import whiteout as wh
+from ocipatch.fs.compress import DECODE_ERRORS, ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +72,15 @@ def drain(stream: BinaryIO) -> None:
         pass
 
 
+# What reading a corrupt or truncated layer raises.
+_LAYER_ERRORS: tuple[type[Exception], ...] = (
+    tarfile.TarError,
+    gzip.BadGzipFile,
+    zlib.error,
+    EOFError,
+    *DECODE_ERRORS,
+)
+
 Visit = Callable[[int, tarfile.TarInfo, tarfile.TarFile], bool | None]
 
 
@@ -83,7 +91,7 @@ def scan_layer(layer: TarLayer, visit: Visit) -> None:
     stops the walk (the rest of the stream is still drained, so the digest check runs). The
     ordinal counts members as tarfile yields them, so two scans of a layer agree on it.
     """
-    stream = layer.open_tar()
+    stream = cast(BinaryIO, ReadAhead(layer.open_tar()))
     try:
         try:
             try:
@@ -103,7 +111,7 @@ def scan_layer(layer: TarLayer, visit: Visit) -> None:
                     break
                 ordinal += 1
             drain(stream)
-        except (tarfile.TarError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError, EOFError) as e:
+        except _LAYER_ERRORS as e:
             raise ImageFormatError(
                 f"layer {layer.digest} is not a readable tar stream ({e}): the blob is corrupt "
                 "or not a layer"
@@ -206,20 +214,27 @@ def remember(cache_dir: Path | None, digest: str, ordinal: int, data: bytes) -> 
         pass  # a cache that cannot be written is only slower
 
 
-def index_layer(layer: TarLayer, captured: dict[int, bytes] | None = None) -> list[Op]:
-    """One streaming pass over a layer: its entries, whiteouts and opaque markers in tar order.
-    With `captured`, the contents of the CAPTURED files are collected into it by ordinal."""
-    ops: list[Op] = []
-    digest = layer.digest
+class LayerIndexer:
+    """Builds a layer's index member by member, in tar order, for any pass that streams the
+    layer (the indexing pass, or an unpack that indexes as it extracts). With capture, the
+    contents of the CAPTURED files are kept by ordinal."""
 
-    def visit(ordinal: int, m: tarfile.TarInfo, _tf: tarfile.TarFile) -> None:
+    def __init__(self, digest: str, *, capture: bool) -> None:
+        self.digest = digest
+        self.capture = capture
+        self.ops: list[Op] = []
+        self.captured: dict[int, bytes] = {}
+
+    def visit(self, ordinal: int, m: tarfile.TarInfo, read: Callable[[], bytes]) -> None:
+        """Record member m; read() returns its content (called only for a captured file)."""
+        digest = self.digest
         name = member_name(digest, m.name)
         kind = wh.classify(name)
         if kind == "whiteout":
-            ops.append(("w", wh.whiteout_target(name)))
+            self.ops.append(("w", wh.whiteout_target(name)))
             return
         if kind == "opaque":
-            ops.append(("o", wh.opaque_dir(name)))
+            self.ops.append(("o", wh.opaque_dir(name)))
             return
         if kind == "meta":
             log.debug("layer %s: ignoring whiteout metadata %r", digest, m.name)
@@ -231,10 +246,9 @@ def index_layer(layer: TarLayer, captured: dict[int, bytes] | None = None) -> li
         link = m.linkname
         if typ == "hardlink":
             link = hardlink_target(digest, name, link)
-        if captured is not None and typ == "file" and m.size <= CAPTURE_MAX and _captured(name):
-            f = _tf.extractfile(m)
-            captured[ordinal] = f.read() if f is not None else b""
-        ops.append(
+        if self.capture and typ == "file" and m.size <= CAPTURE_MAX and _captured(name):
+            self.captured[ordinal] = read()
+        self.ops.append(
             (
                 "e",
                 IndexEntry(
@@ -253,8 +267,23 @@ def index_layer(layer: TarLayer, captured: dict[int, bytes] | None = None) -> li
             )
         )
 
+
+def index_layer(layer: TarLayer, captured: dict[int, bytes] | None = None) -> list[Op]:
+    """One streaming pass over a layer: its entries, whiteouts and opaque markers in tar order.
+    With `captured`, the contents of the CAPTURED files are collected into it by ordinal."""
+    indexer = LayerIndexer(layer.digest, capture=captured is not None)
+
+    def visit(ordinal: int, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        def read() -> bytes:
+            f = tf.extractfile(m)
+            return f.read() if f is not None else b""
+
+        indexer.visit(ordinal, m, read)
+
     scan_layer(layer, visit)
-    return ops
+    if captured is not None:
+        captured.update(indexer.captured)
+    return indexer.ops
 
 
 def _ops_to_json(digest: str, ops: list[Op]) -> dict[str, Any]:
@@ -303,19 +332,32 @@ def load_index(layer: TarLayer, cache_dir: Path | None) -> list[Op]:
         log.info("index cache %s is unreadable; rebuilding it", path)
     captured: dict[int, bytes] = {}
     ops = index_layer(layer, captured if cache_dir is not None else None)
-    for ordinal, data in captured.items():
-        remember(cache_dir, layer.digest, ordinal, data)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(_ops_to_json(layer.digest, ops), f, separators=(",", ":"))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    store_index(layer.digest, cache_dir, ops, captured)
     return ops
+
+
+def cached_index_exists(digest: str, cache_dir: Path | None) -> bool:
+    return cache_dir is not None and _cache_file(cache_dir, digest).is_file()
+
+
+def store_index(
+    digest: str, cache_dir: Path | None, ops: list[Op], captured: dict[int, bytes]
+) -> None:
+    """Keep a layer's index and captured contents in the cache (no cache: nothing)."""
+    if cache_dir is None:
+        return
+    for ordinal, data in captured.items():
+        remember(cache_dir, digest, ordinal, data)
+    path = _cache_file(cache_dir, digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_ops_to_json(digest, ops), f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,13 +593,35 @@ class MergedView:
         self.layers = list(layers)
         self.index_cache_dir = index_cache_dir
         self._tree: _Tree | None = None
+        self._known: dict[int, list[Op]] = {}  # indexes handed in by a pass that streamed a layer
+        self._contents: dict[tuple[int, int], bytes] = {}  # (layer, ordinal) -> captured content
+
+    def indexed(self) -> bool:
+        """True when every layer's index is at hand without streaming the layer."""
+        return all(
+            li in self._known or cached_index_exists(layer.digest, self.index_cache_dir)
+            for li, layer in enumerate(self.layers)
+        )
+
+    def add_index(self, digest: str, ops: list[Op], captured: dict[int, bytes]) -> None:
+        """Take the index another pass over the layer built (an unpack that indexed as it
+        extracted): kept here and in the cache, so no pass streams the layer again for it."""
+        for li, layer in enumerate(self.layers):
+            if layer.digest == digest and li not in self._known:
+                self._known[li] = ops
+                for ordinal, data in captured.items():
+                    self._contents[(li, ordinal)] = data
+        store_index(digest, self.index_cache_dir, ops, captured)
 
     @property
     def tree(self) -> _Tree:
         if self._tree is None:
             tree = _Tree()
             for li, layer in enumerate(self.layers):
-                tree.apply(li, layer.digest, load_index(layer, self.index_cache_dir))
+                ops = self._known.get(li)
+                if ops is None:
+                    ops = load_index(layer, self.index_cache_dir)
+                tree.apply(li, layer.digest, ops)
             self._tree = tree
         return self._tree
 
@@ -634,6 +698,11 @@ class MergedView:
     def _cached(self, li: int, ordinal: int, names: list[str], out: dict[str, bytes]) -> bool:
         """Contents kept from an earlier read (or the indexing pass): layers are immutable,
         named by digest, so they never go stale."""
+        data = self._contents.get((li, ordinal))
+        if data is not None:
+            for name in names:
+                out[name] = data
+            return True
         if self.index_cache_dir is None:
             return False
         try:

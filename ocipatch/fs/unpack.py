@@ -34,7 +34,7 @@ import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ from ocipatch.errors import ImageFormatError
 from ocipatch.fs import rootpath
 from ocipatch.fs import whiteout as wh
 from ocipatch.fs.merged import (
+    LayerIndexer,
+    Op,
     TarLayer,
     hardlink_target,
     member_name,
@@ -56,6 +58,9 @@ OWNERSHIP_FILE = "ownership.json"
 OWNERSHIP_FORMAT = 1
 _XATTR_PREFIX = "SCHILY.xattr."
 _CHUNK = 1 << 20
+
+# on_index(layer digest, index ops, captured contents by ordinal)
+OnIndex = Callable[[str, list[Op], dict[int, bytes]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +206,12 @@ def unpack(
     *,
     privileged: bool | None = None,
     ownership: OwnershipMap | None = None,
+    on_index: OnIndex | None = None,
 ) -> OwnershipMap:
     """Apply layers (bottom first) into dest, which is created if missing.
+
+    With on_index, each layer is also indexed as it is extracted (one pass instead of two) and
+    on_index(digest, ops, captured) receives what `merged.index_layer` would have built.
 
     privileged defaults to "running as root". Returns the intended metadata of every path; save
     it with `OwnershipMap.save(state_dir / OWNERSHIP_FILE)`. To apply more layers over a tree an
@@ -219,7 +228,7 @@ def unpack(
     dest.mkdir(parents=True, exist_ok=True)
     u = _Unpacker(dest, privileged, ownership)
     for layer in layers:
-        u.apply_layer(layer)
+        u.apply_layer(layer, on_index)
     u.finish()
     return u.ownership
 
@@ -266,16 +275,31 @@ class _Unpacker:
         self._record(real, Owner("dir", 0, 0, 0o755, 0))
 
     # -- layers ---------------------------------------------------------------------------------
-    def apply_layer(self, layer: TarLayer) -> None:
+    def apply_layer(self, layer: TarLayer, on_index: OnIndex | None = None) -> None:
         self._digest = layer.digest
         self._written = set()
+        indexer = LayerIndexer(layer.digest, capture=True) if on_index is not None else None
 
-        def visit(_ordinal: int, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
-            self.apply_member(m, tf)
+        def visit(ordinal: int, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+            real = self.apply_member(m, tf)
+            if indexer is not None:
+                # A captured file is read back from where it was just written: the stream
+                # has moved past it.
+                indexer.visit(ordinal, m, lambda: self._read_back(real))
 
         scan_layer(layer, visit)
+        if indexer is not None and on_index is not None:
+            on_index(layer.digest, indexer.ops, indexer.captured)
 
-    def apply_member(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+    def _read_back(self, real: str | None) -> bytes:
+        if real is None:
+            return b""
+        fd = os.open(self.abs(real), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def apply_member(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> str | None:
+        """Apply one member; returns the path (in the root) of a regular file it wrote."""
         name = member_name(self._digest, m.name)
         kind = wh.classify(name)
         if kind == "whiteout":
@@ -283,22 +307,22 @@ class _Unpacker:
             rparent = self.resolve_dir(parent, create=False)
             if rparent is not None:
                 self.remove_lower(wh.join(rparent, base), include_self=True)
-            return
+            return None
         if kind == "opaque":
             rdir = self.resolve_dir(wh.opaque_dir(name), create=False)
             if rdir is not None:
                 self.remove_lower(rdir, include_self=False)
-            return
+            return None
         if kind == "meta":
-            return
+            return None
         typ = member_type(m)
         if typ is None:
             log.warning(
                 "layer %s: skipping %r of unsupported tar type %r", self._digest, m.name, m.type
             )
-            return
+            return None
         if not name:
-            return  # the root itself: dest keeps its own metadata
+            return None  # the root itself: dest keeps its own metadata
         # Validate a hardlink target before anything changes on disk.
         link = hardlink_target(self._digest, name, m.linkname) if typ == "hardlink" else ""
         parent, base = wh.split(name)
@@ -319,7 +343,7 @@ class _Unpacker:
 
         if typ == "hardlink":
             self._hardlink(real, name, link)
-            return
+            return None
         owner = Owner(
             type=typ,
             uid=m.uid,
@@ -353,6 +377,8 @@ class _Unpacker:
                 os.utime(fd, ns=(owner.mtime * 10**9, owner.mtime * 10**9))
             finally:
                 os.close(fd)
+            self._record(real, owner)
+            return real
         elif typ == "symlink":
             os.symlink(m.linkname, path)
             if self.privileged:
@@ -366,6 +392,7 @@ class _Unpacker:
             owner = replace(owner, on_disk=False)
             self._off_disk.add(real)
         self._record(real, owner)
+        return None
 
     def _special(self, path: str, owner: Owner) -> bool:
         """mknod/mkfifo; False (logged) if this process may not create the node."""

@@ -6,7 +6,8 @@ module derives the rest (index resolution, platform choice, verification, cachin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -47,6 +48,7 @@ class Layer:
         self._source = source
         self._cache = cache
         self._verified_path: Path | None = None
+        self._pending: Future[Path] | None = None  # a fetch prefetch() started
 
     @property
     def digest(self) -> str:
@@ -58,6 +60,12 @@ class Layer:
 
     def path(self) -> Path:
         """A local file holding the compressed blob, verified against its digest once."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._verified_path = pending.result()
+        return self._fetch()
+
+    def _fetch(self) -> Path:
         if self._verified_path is not None:
             return self._verified_path
         cached = self._cache.path(self.digest)
@@ -230,6 +238,26 @@ def load_image(source: Source, cache: BlobCache, platform: Platform | None = Non
             )
     layers = [Layer(d, diff, source, cache) for d, diff in zip(layer_descs, diff_ids, strict=True)]
     return Image(source.ref, data, media_type, config_bytes, layers, source, index)
+
+
+def prefetch(layers: Sequence[Layer]) -> None:
+    """Fetch the blobs of layers not in the cache yet, in order, on a background thread: the
+    caller works on layer i while layer i+1 downloads. Layer.path() waits for its own fetch
+    and raises its error; a fetch nobody waits for is dropped."""
+    todo = [
+        layer
+        for layer in layers
+        if layer._verified_path is None
+        and layer._pending is None
+        and layer._source is not None
+        and not layer._cache.has(layer.digest)
+    ]
+    if not todo:
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+    for layer in todo:
+        layer._pending = pool.submit(layer._fetch)
+    pool.shutdown(wait=False)
 
 
 def iter_chunks(f: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:

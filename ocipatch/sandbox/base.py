@@ -9,11 +9,13 @@ asks for. See docs/sandbox.md.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import IO, Protocol, runtime_checkable
 
 from ocipatch.errors import ApplyError, SandboxError
 from ocipatch.fs import rootpath
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
@@ -301,8 +305,12 @@ def run_process(
             raise SandboxError(f"cannot start the {backend} sandbox: {e}") from e
         if on_start is not None:
             on_start(proc.pid)
+        t0 = time.monotonic()
         try:
             rc = proc.wait(timeout=spec.timeout)
+            _log.debug(
+                "%s: %s: exit %d in %.2f s", backend, _short(spec.argv), rc, time.monotonic() - t0
+            )
         except subprocess.TimeoutExpired:
             kill_tree(proc.pid)
             proc.wait()

@@ -49,9 +49,25 @@ def trivy_packages(layout: Path, cache_dir: Path) -> dict[str, str]:
     """name -> version (with epoch) of the deb packages trivy finds in an OCI layout, offline."""
     out = cache_dir / "cdx.json"
     subprocess.run(
-        [str(TRIVY), "image", "--input", str(layout), "--format", "cyclonedx", "--quiet",
-         "--cache-dir", str(cache_dir / "trivy"), "--skip-db-update", "--offline-scan", "-o", str(out)],
-        check=True, capture_output=True, text=True, timeout=600,
+        [
+            str(TRIVY),
+            "image",
+            "--input",
+            str(layout),
+            "--format",
+            "cyclonedx",
+            "--quiet",
+            "--cache-dir",
+            str(cache_dir / "trivy"),
+            "--skip-db-update",
+            "--offline-scan",
+            "-o",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     doc = json.loads(out.read_text())
     found: dict[str, str] = {}
@@ -71,7 +87,10 @@ def umoci_unpack(layout: Path, tag: str, dest: Path) -> Path:
     """Unpack with umoci (an independent reader); returns the rootfs directory."""
     subprocess.run(
         ["umoci", "raw", "unpack", "--image", f"{layout}:{tag}", str(dest)],
-        check=True, capture_output=True, text=True, timeout=600,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     return dest
 
@@ -79,11 +98,19 @@ def umoci_unpack(layout: Path, tag: str, dest: Path) -> Path:
 def dpkg_query(rootfs: Path) -> dict[str, str]:
     """name -> version of installed packages as dpkg-query reads the rootfs's database."""
     out = subprocess.run(
-        ["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W",
-         "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"],
-        check=True, capture_output=True, text=True,
+        [
+            "dpkg-query",
+            f"--admindir={rootfs}/var/lib/dpkg",
+            "-W",
+            "-f",
+            "${db:Status-Abbrev}\t${Package}\t${Version}\n",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return {
         line.split("\t")[1]: line.split("\t")[2]
-        for line in out.splitlines() if line.startswith("ii")
+        for line in out.splitlines()
+        if line.startswith("ii")
     }
