@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -274,6 +274,7 @@ def _patch(
     key: str | None = None
     planning: Future[str | None] | None = None
     ahead: _FetchAhead | None = None
+    plan_later: Callable[[], str | None] | None = None
     memo = DebMetaMemo()
     if not distroless and not opts.dry_run:
         compute = functools.partial(
@@ -288,12 +289,13 @@ def _patch(
             cache_dir=ctx.cache.work_dir("repos"),
         )
         if unpacked is not None or results.empty():
-            # A miss whatever the key: plan alongside the rest of the work, and fetch the
-            # plan's packages (and read their owners) while apt is still updating.
+            # A miss whatever the key: plan once the tree is unpacked (planning would slow
+            # the unpack down), alongside apt's update; then fetch the plan's packages and
+            # read their owners while apt is still updating.
             ahead = _FetchAhead(
                 None if opts.sandbox == "none" else ctx.cache.work_dir("apt") / "debs", memo
             )
-            planning = ThreadPoolExecutor(max_workers=1).submit(compute, on_plan=ahead)
+            plan_later = functools.partial(compute, on_plan=ahead)
         else:
             progress.step("Planning from the repositories' signed indices")
             key = compute()
@@ -308,6 +310,10 @@ def _patch(
         unpacked = _unpack_image(image, keep, work, progress)
         stack.callback(concurrent.futures.wait, [unpacked.snap])
     work, rootfs, own = unpacked.work, unpacked.rootfs, unpacked.own
+    if plan_later is not None:
+        planning = ThreadPoolExecutor(max_workers=1).submit(plan_later)
+        if ahead is not None:
+            ahead.planning = planning
     from ocipatch.sandbox.select import select_sandbox
 
     # --sandbox none runs nothing from the image: repos/ resolves, debinstall unpacks.
@@ -355,7 +361,12 @@ def _patch(
         )
     else:
         progress.step(f"Running apt in {sandbox.name}")
-        patcher = DpkgPatcher(rootfs, AptRunner(rootfs, sandbox, apt_config))
+        patcher = DpkgPatcher(
+            rootfs,
+            AptRunner(rootfs, sandbox, apt_config),
+            planned=ahead.install_set if ahead is not None else None,
+            empty_lists=work / "no-lists",
+        )
     plan = patcher.plan(installed, requirements, ignore_errors=opts.ignore_errors)
     result.plan = plan
     result.skipped += [(i.name, i.reason) for i in plan.skipped]
@@ -368,8 +379,8 @@ def _patch(
         result.seconds = time.monotonic() - started
         progress.done("Nothing to patch: no newer packages")
         return result
-    if ahead is not None and planning is not None:
-        ahead.wait(planning)
+    if ahead is not None:
+        ahead.wait()
     snap = unpacked.snap.result()  # before anything writes to the tree
     outcome = patcher.apply(plan)
     failed = patcher.verify(plan, ignore_errors=opts.ignore_errors)
@@ -414,6 +425,8 @@ class _FetchAhead:
         self.archives = archives  # None: the packages stay in the repository cache
         self.memo = memo
         self.ready = threading.Event()
+        self.planning: Future[str | None] | None = None
+        self.chosen: InstallSet | None = None  # set once its packages are all in place
 
     def __call__(self, repos: AptRepositories, chosen: InstallSet) -> None:
         try:
@@ -421,6 +434,7 @@ class _FetchAhead:
             debs = [it.path for it in items if it.path is not None]
             if self.archives is not None:
                 debs = [self._place(it) for it in items if it.path is not None]
+            self.chosen = chosen
         finally:
             self.ready.set()
         self.memo.read(debs)
@@ -440,12 +454,18 @@ class _FetchAhead:
             os.replace(tmp, dest)
         return dest
 
-    def wait(self, planning: Future[str | None]) -> None:
+    def wait(self) -> None:
         """Until the packages are in place, planning ended (or failed), or WAIT passed."""
         deadline = time.monotonic() + self.WAIT
-        while not self.ready.wait(0.05) and not planning.done():
+        while not self.ready.wait(0.05) and not (self.planning and self.planning.done()):
             if time.monotonic() > deadline:
                 return
+
+    def install_set(self) -> InstallSet | None:
+        """The resolved set with its packages in apt's archive directory; None if planning
+        or a download failed (the patcher then lets apt resolve)."""
+        self.wait()
+        return self.chosen
 
 
 @dataclass

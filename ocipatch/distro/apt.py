@@ -165,9 +165,9 @@ class AptRunner:
             ]
         return opts
 
-    def run(self, argv: list[str], what: str) -> str:
+    def run(self, argv: list[str], what: str, *, lists: Path | None = None) -> str:
         binds: list[tuple[Path, str, bool]] = [
-            (self.lists, LISTS_INSIDE, False),
+            (lists or self.lists, LISTS_INSIDE, False),
             (self.archives, ARCHIVES_INSIDE, False),
         ]
         if self._sources_dir is not None:
@@ -217,11 +217,11 @@ class AptRunner:
         shutil.copyfile(log, dest)
         return f" (full log: {dest})"
 
-    def apt_get(self, *args: str, what: str) -> str:
+    def apt_get(self, *args: str, what: str, lists: Path | None = None) -> str:
         # apt locks lists/ and archives/ itself and fails at once when another apt holds them;
         # two ocipatch runs sharing a cache wait for each other here instead.
         with _flock(self.config.cache_dir / "apt.lock"):
-            return self.run(["apt-get", *self._apt_options(), *args], what)
+            return self.run(["apt-get", *self._apt_options(), *args], what, lists=lists)
 
     # -- steps ------------------------------------------------------------------------------
     def update(self) -> None:
@@ -273,6 +273,23 @@ class AptRunner:
             "--only-upgrade",
             *names,
             what="apt-get install",
+        )
+
+    def install_files(self, debs: list[Path], empty_lists: Path) -> str:
+        """apt-get install of package files already in the archive directory (verified against
+        the signed indices by ocipatch.repos), over empty lists: apt orders the unpacks and
+        configures and dpkg runs the maintainer scripts, but nothing is looked up in, or
+        fetched from, a repository, so no `apt-get update` is needed."""
+        (empty_lists / "partial").mkdir(parents=True, exist_ok=True)
+        inside = [f"{ARCHIVES_INSIDE}/{d.name}" for d in debs]
+        return self.apt_get(
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            *inside,
+            what="apt-get install",
+            lists=empty_lists,
         )
 
     def downloaded_debs(self) -> list[Path]:

@@ -6,15 +6,17 @@ sandbox; this module decides what to ask it for and checks what it did.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
-from ocipatch.distro.apt import AptRunner
+from ocipatch.distro.apt import AptRunner, archive_name
 from ocipatch.distro.base import ApplyOutcome, InstalledPackage, Plan, PlanItem, Requirement
 from ocipatch.distro.dpkgdb import STATUS, is_installed, iter_stanzas, package_of
 from ocipatch.distro.versions import compare_deb
-from ocipatch.errors import ResolveError, VerifyError
+from ocipatch.errors import ApplyError, ResolveError, VerifyError
+from ocipatch.repos.resolve import InstallSet
 
 # Never part of a patch layer: caches, logs, apt's indices, dpkg's backups, scratch space and
 # the sandbox's mount points.
@@ -67,6 +69,42 @@ def read_status(rootfs: Path) -> dict[str, InstalledPackage]:
     return out
 
 
+EXTENDED_STATES = "var/lib/apt/extended_states"
+_DPKG_RAN = re.compile(r"Preparing to unpack|Unpacking |Setting up |dpkg: error")
+
+
+def _dpkg_ran(rootfs: Path) -> bool:
+    """dpkg leaves its journal in updates/ while a run is under way or was cut short."""
+    updates = rootfs / "var/lib/dpkg/updates"
+    return updates.is_dir() and any(updates.iterdir())
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _keep_auto_marks(path: Path, before: bytes | None, installed_before: set[str]) -> None:
+    """apt marks every package named on its command line as manually installed; a patch must
+    not change which packages `apt-get autoremove` would take. The marks of packages installed
+    before stay as they were; those of packages the patch added are apt's."""
+    after = _read_bytes(path)
+    if after == before or after is None:
+        return
+    kept = list(iter_stanzas(before)) if before is not None else []
+    added = [
+        st
+        for st in iter_stanzas(after)
+        if st.get("Package") and st["Package"] not in installed_before
+    ]
+    if not added and before is not None:
+        path.write_bytes(before)
+        return
+    path.write_text("".join(st.dump() + "\n" for st in [*kept, *added]))
+
+
 # The dpkg adapter's outcome is the shared one; the old name stays for its users.
 AptOutcome = ApplyOutcome
 
@@ -116,10 +154,109 @@ def deb_key(path: Path) -> tuple[str, str]:
     return (parts[0], unquote(parts[1])) if len(parts) >= 2 else (path.name, "")
 
 
+def plan_of(
+    installed: list[InstalledPackage],
+    reqs: list[Requirement],
+    chosen: InstallSet,
+    *,
+    ignore_errors: bool = False,
+) -> Plan:
+    """The Plan for what ocipatch.repos resolved: updates (dependencies with their reason),
+    skips; ResolveError when a requirement is out of the repositories' reach."""
+    versions = {p.name: p.version for p in installed}
+    items: list[PlanItem] = []
+    wanted = {r.name: r for r in reqs}
+    for it in chosen.items:
+        req = wanted.get(it.name)
+        items.append(
+            PlanItem(
+                it.name,
+                it.installed or "",
+                req.minimum if req else None,
+                it.version,
+                "update",
+                "" if req else it.reason,
+                req.vulnerabilities if req else (),
+            )
+        )
+    too_old: list[PlanItem] = []
+    for name, why in chosen.skipped:
+        req = wanted.get(name)
+        item = PlanItem(
+            name,
+            versions.get(name, ""),
+            req.minimum if req else None,
+            None,
+            "skip",
+            why,
+            req.vulnerabilities if req else (),
+        )
+        items.append(item)
+        if req is not None and req.minimum is not None and "held" not in why:
+            too_old.append(item)
+    if too_old and not ignore_errors:
+        raise ResolveError(too_old_message(too_old))
+    return Plan(sorted(items, key=lambda i: i.name))
+
+
 class DpkgPatcher:
-    def __init__(self, rootfs: Path, runner: AptRunner) -> None:
+    """plan -> apply -> verify with the image's apt.
+
+    With `planned` (the install set ocipatch.repos resolved from the signed indices, its
+    packages already verified and in apt's archive directory), apt installs those files and
+    never reads a repository: no `apt-get update`, and the layer holds exactly the set the
+    result cache was keyed on. Without it, or when apt's own choice could differ (pinning, a
+    second architecture), or when apt refuses the set before dpkg ran, apt updates its lists
+    and resolves by name.
+    """
+
+    def __init__(
+        self,
+        rootfs: Path,
+        runner: AptRunner,
+        planned: Callable[[], InstallSet | None] | None = None,
+        empty_lists: Path | None = None,
+    ) -> None:
         self.rootfs = rootfs
         self.runner = runner
+        self.planned = planned
+        self.empty_lists = empty_lists
+        self._files: list[Path] | None = None  # the planned packages apply installs
+        self._updated_lists = False
+        self.notes: list[str] = []
+
+    def _plain_apt(self) -> bool:
+        """No pinning and one architecture: ocipatch.repos picks what apt would pick."""
+        etc = self.rootfs / "etc/apt"
+        pins = [etc / "preferences", *sorted((etc / "preferences.d").glob("*"))]
+        if any(p.is_file() and p.stat().st_size > 0 for p in pins):
+            return False
+        archs = self.rootfs / "var/lib/dpkg/arch"
+        return not archs.is_file() or len(archs.read_text(errors="replace").split()) <= 1
+
+    def _plan_from_repos(
+        self,
+        installed: list[InstalledPackage],
+        requirements: list[Requirement] | None,
+        ignore_errors: bool,
+    ) -> Plan | None:
+        if self.planned is None or self.empty_lists is None or not self._plain_apt():
+            return None
+        chosen = self.planned()
+        if chosen is None:
+            return None
+        reqs = requirements or [Requirement(p.name, None) for p in installed]
+        plan = plan_of(installed, reqs, chosen, ignore_errors=ignore_errors)
+        names = {i.name for i in plan.updates}
+        files = [
+            self.runner.archives / archive_name(i.name, i.version, i.arch)
+            for i in chosen.items
+            if i.name in names
+        ]
+        if not all(f.is_file() for f in files):
+            return None
+        self._files = files
+        return plan
 
     def plan(
         self,
@@ -128,6 +265,10 @@ class DpkgPatcher:
         *,
         ignore_errors: bool = False,
     ) -> Plan:
+        planned = self._plan_from_repos(installed, requirements, ignore_errors)
+        if planned is not None:
+            return planned
+        self._updated_lists = True
         self.runner.update()
         held = self.runner.held()
         if requirements is None:
@@ -179,8 +320,10 @@ class DpkgPatcher:
 
     def apply(self, plan: Plan) -> AptOutcome:
         before = read_status(self.rootfs)
-        output = self.runner.install([i.name for i in plan.updates]) if plan.updates else ""
+        marks = _read_bytes(self.rootfs / EXTENDED_STATES)
+        output = self._install(plan) if plan.updates else ""
         after = read_status(self.rootfs)
+        _keep_auto_marks(self.rootfs / EXTENDED_STATES, marks, set(before))
         outcome = AptOutcome(output=output)
         for name in sorted(after):
             old = before.get(name)
@@ -193,7 +336,22 @@ class DpkgPatcher:
         outcome.debs = [p for p in self.runner.downloaded_debs() if deb_key(p) in wanted]
         # No notes from dpkg's "==> Keeping old config file as default." lines: they do not name
         # the file. patch.py notes each kept conffile from the .dpkg-dist it finds in the diff.
+        outcome.notes += self.notes
         return outcome
+
+    def _install(self, plan: Plan) -> str:
+        names = [i.name for i in plan.updates]
+        if self._files is None or self.empty_lists is None:
+            return self.runner.install(names)
+        try:
+            return self.runner.install_files(self._files, self.empty_lists)
+        except ApplyError as e:
+            if _DPKG_RAN.search(str(e)) or _dpkg_ran(self.rootfs):
+                raise
+            # apt refused the set before dpkg touched anything: let apt resolve it itself.
+            self.notes.append(f"apt did not take the planned package set ({e}); apt resolved it")
+        self.runner.update()
+        return self.runner.install(names)
 
     def verify(self, plan: Plan, *, ignore_errors: bool = False) -> list[PlanItem]:
         after = {n: p.version for n, p in read_status(self.rootfs).items()}

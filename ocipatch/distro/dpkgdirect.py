@@ -17,9 +17,8 @@ from debian.deb822 import Deb822
 from ocipatch.distro.base import InstalledPackage, Plan, PlanItem, Requirement
 from ocipatch.distro.debinstall import DebPackage, RootInstaller, read_deb
 from ocipatch.distro.debmeta import control_files
-from ocipatch.distro.dpkg import AptOutcome, read_status, too_old_message, verify_versions
+from ocipatch.distro.dpkg import AptOutcome, plan_of, read_status, verify_versions
 from ocipatch.distro.dpkgdb import STATUS, iter_stanzas
-from ocipatch.errors import ResolveError
 from ocipatch.fs.unpack import Owner, OwnershipMap
 from ocipatch.repos.apt import AptRepositories
 from ocipatch.repos.resolve import InstallItem
@@ -65,43 +64,10 @@ class DpkgDirectPatcher:
         ignore_errors: bool = False,
     ) -> Plan:
         self.repos.update()
-        versions = {p.name: p.version for p in installed}
         reqs = requirements or [Requirement(p.name, None) for p in installed]
         chosen = self.repos.resolve(reqs, ignore_errors=ignore_errors)
         self._items = chosen.items
-        items: list[PlanItem] = []
-        wanted = {r.name: r for r in reqs}
-        for it in chosen.items:
-            req = wanted.get(it.name)
-            items.append(
-                PlanItem(
-                    it.name,
-                    it.installed or "",
-                    req.minimum if req else None,
-                    it.version,
-                    "update",
-                    "" if req else it.reason,
-                    req.vulnerabilities if req else (),
-                )
-            )
-        too_old: list[PlanItem] = []
-        for name, why in chosen.skipped:
-            req = wanted.get(name)
-            item = PlanItem(
-                name,
-                versions.get(name, ""),
-                req.minimum if req else None,
-                None,
-                "skip",
-                why,
-                req.vulnerabilities if req else (),
-            )
-            items.append(item)
-            if req is not None and req.minimum is not None and "held" not in why:
-                too_old.append(item)
-        if too_old and not ignore_errors:
-            raise ResolveError(too_old_message(too_old))
-        return Plan(sorted(items, key=lambda i: i.name))
+        return plan_of(installed, reqs, chosen, ignore_errors=ignore_errors)
 
     def apply(self, plan: Plan) -> AptOutcome:
         outcome = AptOutcome()
