@@ -242,6 +242,8 @@ def test_newer_version_is_installed_with_the_packages_owners(env: Env) -> None:
     rootfs = unpacked(env, p, "newer")
     status = dpkg_status(rootfs)
     assert versions(status) == {n: "2.0" if n in ("ocp-lib", "ocp-zstd") else "1.0" for n in ALL_V1}
+    # apt marks what it is asked to install as manually installed; the patch keeps the marks.
+    assert "var/lib/apt/extended_states" not in p.patch_layer
     st = (rootfs / h.TOOL.lstrip("/")).stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, h.SHADOW_GID, 0o2755)
 
@@ -304,8 +306,14 @@ def test_update_pulls_a_new_dependency(env: Env) -> None:
     p = pull(env, "newdep", "newdep")
     check_one_patch_layer(env, p)
     assert p.content(h.NEWDEP_MARKER) == b"new dependency\n"
-    status = dpkg_status(unpacked(env, p, "newdep"))
+    rootfs = unpacked(env, p, "newdep")
+    status = dpkg_status(rootfs)
     assert status["ocp-newdep"] == ("ii", "1.0") and status["ocp-dep"] == ("ii", "2.0")
+    # The dependency came in automatically (autoremove may take it with ocp-dep); ocp-dep
+    # was and stays manually installed.
+    marks = (rootfs / "var/lib/apt/extended_states").read_text()
+    assert "Package: ocp-newdep\nArchitecture: amd64\nAuto-Installed: 1\n" in marks
+    assert "Package: ocp-dep\n" not in marks
 
 
 def test_changed_conffile_is_kept(env: Env) -> None:

@@ -374,9 +374,7 @@ class ToolingAptRunner(AptRunner):
             out += ["-o", f"{k}={v}"]
         return out
 
-    def run(
-        self, argv: list[str], what: str, cwd: str = "/", *, lists: Path | None = None
-    ) -> str:
+    def run(self, argv: list[str], what: str, cwd: str = "/", *, lists: Path | None = None) -> str:
         if argv and argv[0] in ("apt-get", "apt-cache", "apt-mark"):
             argv = [argv[0], *self._target_options(), *argv[1:]]
         binds: list[tuple[Path, str, bool]] = [

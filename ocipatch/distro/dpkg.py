@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
+from debian.deb822 import Deb822
+
 from ocipatch.distro.apt import AptRunner, archive_name
 from ocipatch.distro.base import ApplyOutcome, InstalledPackage, Plan, PlanItem, Requirement
 from ocipatch.distro.dpkgdb import STATUS, is_installed, iter_stanzas, package_of
@@ -86,23 +88,28 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
-def _keep_auto_marks(path: Path, before: bytes | None, installed_before: set[str]) -> None:
+def _keep_auto_marks(
+    path: Path, before: bytes | None, installed_before: set[str], added: dict[str, str]
+) -> None:
     """apt marks every package named on its command line as manually installed; a patch must
-    not change which packages `apt-get autoremove` would take. The marks of packages installed
-    before stay as they were; those of packages the patch added are apt's."""
+    not change which packages `apt-get autoremove` would take. Packages installed before keep
+    their marks; a package the patch added came in as a dependency: automatically installed.
+    added: name -> architecture (apt's, so the native one for Architecture: all)."""
     after = _read_bytes(path)
-    if after == before or after is None:
+    if after == before and not added:
         return
-    kept = list(iter_stanzas(before)) if before is not None else []
-    added = [
+    kept = [
         st
-        for st in iter_stanzas(after)
-        if st.get("Package") and st["Package"] not in installed_before
+        for st in (iter_stanzas(before) if before is not None else [])
+        if st.get("Package") not in added
     ]
-    if not added and before is not None:
-        path.write_bytes(before)
-        return
-    path.write_text("".join(st.dump() + "\n" for st in [*kept, *added]))
+    marks = [
+        Deb822({"Package": n, "Architecture": a, "Auto-Installed": "1"}) for n, a in added.items()
+    ]
+    text = "".join(st.dump() + "\n" for st in [*kept, *marks])
+    if before is not None and text.encode() == before:
+        text = before.decode()
+    path.write_text(text)
 
 
 # The dpkg adapter's outcome is the shared one; the old name stays for its users.
@@ -323,7 +330,13 @@ class DpkgPatcher:
         marks = _read_bytes(self.rootfs / EXTENDED_STATES)
         output = self._install(plan) if plan.updates else ""
         after = read_status(self.rootfs)
-        _keep_auto_marks(self.rootfs / EXTENDED_STATES, marks, set(before))
+        native = after["dpkg"].arch if "dpkg" in after else ""
+        added = {
+            n: (p.arch if p.arch not in ("", "all") else native)
+            for n, p in sorted(after.items())
+            if n not in before
+        }
+        _keep_auto_marks(self.rootfs / EXTENDED_STATES, marks, set(before), added)
         outcome = AptOutcome(output=output)
         for name in sorted(after):
             old = before.get(name)
