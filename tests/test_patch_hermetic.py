@@ -26,7 +26,7 @@ from tests import hermetic as h
 from tests.archive import trivy_report
 from tests.plugins.aptrepo import scratch_dir
 from tests.plugins.images import skopeo, umoci_unpack
-from tools.aptrepo import RepoServer, Signer, build_deb, build_repo
+from tools.aptrepo import AptRepo, RepoServer, Signer, build_deb, build_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 OCIPATCH = ROOT / ".venv" / "bin" / "ocipatch"
@@ -44,6 +44,9 @@ class Env:
     server: RepoServer
     bad_tree: Path  # the repository with ocp-badpost 2.0 (failing postinst)
     zstd_deb: Path  # ocp-zstd 2.0 as the repository serves it
+    v1: list[Path]  # the ocp-* 1.0 packages in the image
+    apt_repo: AptRepo
+    base: Path  # the Debian 12 layout the image is built on
 
     def report(self, name: str, fixed: dict[str, str]) -> Path:
         path = self.work / f"{name}.json"
@@ -96,6 +99,9 @@ def env(debian_layout: Path, registry: Any, apt_signer: Signer) -> Iterator[Env]
             server=server,
             bad_tree=work / "repo-bad",
             zstd_deb=zstd_deb,
+            v1=v1,
+            apt_repo=repo,
+            base=debian_layout,
         )
     finally:
         server.stop()
@@ -397,3 +403,32 @@ def test_no_report_updates_everything_then_up_to_date(env: Env) -> None:
     assert tag_absent(env, "all-patched"), "nothing written"
     after = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{env.dest('all')}"))
     assert after["Layers"] == p.layers
+
+
+def test_apt_pinning_is_honoured(env: Env) -> None:
+    """9. An image whose apt pins ocp-lib to 1.0: ocipatch's own resolver does not read pins,
+    so the image's apt resolves (after apt-get update) and its answer stands: 2.0 is not a
+    candidate, the run stops with exit 11 and pushes nothing; an unpinned package patches."""
+    pin = "Package: ocp-lib\nPin: version 1.0\nPin-Priority: 1001\n"
+    layout = h.build_test_image(
+        env.base,
+        "12",
+        env.work / "layout-pinned",
+        "1",
+        debs=env.v1,
+        repo=env.apt_repo,
+        url=env.server.url,
+        edits={"/etc/apt/preferences.d/ocp-lib": pin},
+        work=env.work / "build-pinned",
+    )
+    skopeo(
+        "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:1", f"docker://{env.repo}:pinned"
+    )
+    ref = f"{env.repo}:pinned"
+    report = env.report("pinned", {"ocp-lib": "2.0"})
+    msg = one_line_error(ocipatch(env, "-i", ref, "-r", str(report), "-t", "pinned-out"), 11)
+    assert "ocp-lib needs 2.0 but the repositories offer only 1.0" in msg, msg
+    assert tag_absent(env, "pinned-out")
+    report = env.report("pinned-other", {"ocp-dep": "2.0"})
+    out = patched(env, "-i", ref, "-r", str(report), "-t", "pinned-other")
+    assert updated(out) == {"ocp-dep": ("1.0", "2.0"), "ocp-newdep": ("", "1.0")}
