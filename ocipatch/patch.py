@@ -274,7 +274,7 @@ def _patch(
     key: str | None = None
     planning: Future[str | None] | None = None
     ahead: _FetchAhead | None = None
-    plan_later: Callable[[], str | None] | None = None
+    plan_later: Callable[[], Any] | None = None
     memo = DebMetaMemo()
     if not distroless and not opts.dry_run:
         compute = functools.partial(
@@ -288,32 +288,37 @@ def _patch(
             mirrors=opts.repo_mirrors,
             cache_dir=ctx.cache.work_dir("repos"),
         )
+        ahead = _FetchAhead(
+            None if opts.sandbox == "none" else ctx.cache.work_dir("apt") / "debs", memo
+        )
         if unpacked is not None or results.empty():
             # A miss whatever the key: plan once the tree is unpacked (planning would slow
-            # the unpack down), alongside apt's update; then fetch the plan's packages and
-            # read their owners while apt is still updating.
-            ahead = _FetchAhead(
-                None if opts.sandbox == "none" else ctx.cache.work_dir("apt") / "debs", memo
-            )
+            # the unpack down), beside the snapshot; then fetch the plan's packages and read
+            # their owners while apt and dpkg work.
             plan_later = functools.partial(compute, on_plan=ahead)
         else:
             progress.step("Planning from the repositories' signed indices")
-            key = compute()
+            key = compute(on_plan=ahead.record)
             hit = results.get(key) if key else None
             if hit is not None:
                 progress.step("The same patch was made before: reusing its layer")
                 return _from_cache(
                     ctx, opts, image, keep, hit, result, dest_ref, osr, started, progress
                 )
+            plan_later = ahead.fetch  # a miss: the packages are fetched beside the snapshot
     if unpacked is None:
         work = stack.enter_context(work_dir(ctx, sum(e.size for e in view.walk())))
         unpacked = _unpack_image(image, keep, work, progress)
         stack.callback(concurrent.futures.wait, [unpacked.snap])
     work, rootfs, own = unpacked.work, unpacked.rootfs, unpacked.own
     if plan_later is not None:
-        planning = ThreadPoolExecutor(max_workers=1).submit(plan_later)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan")
+        started_plan = pool.submit(plan_later)
+        pool.shutdown(wait=False)
         if ahead is not None:
-            ahead.planning = planning
+            ahead.planning = started_plan
+        if key is None:
+            planning = started_plan
     from ocipatch.sandbox.select import select_sandbox
 
     # --sandbox none runs nothing from the image: repos/ resolves, debinstall unpacks.
@@ -425,16 +430,30 @@ class _FetchAhead:
         self.archives = archives  # None: the packages stay in the repository cache
         self.memo = memo
         self.ready = threading.Event()
-        self.planning: Future[str | None] | None = None
+        self.planning: Future[Any] | None = None  # the thread that calls fetch()
         self.chosen: InstallSet | None = None  # set once its packages are all in place
+        self._repos: AptRepositories | None = None
+        self._planned: InstallSet | None = None
 
     def __call__(self, repos: AptRepositories, chosen: InstallSet) -> None:
+        """As the planning thread's on_plan: fetch right away."""
+        self.record(repos, chosen)
+        self.fetch()
+
+    def record(self, repos: AptRepositories, chosen: InstallSet) -> None:
+        """As on_plan of a planning whose key may still hit the result cache: no fetch yet."""
+        self._repos, self._planned = repos, chosen
+
+    def fetch(self) -> None:
+        if self._repos is None or self._planned is None:
+            self.ready.set()
+            return
         try:
-            items = repos.download(chosen.items)
+            items = self._repos.download(self._planned.items)
             debs = [it.path for it in items if it.path is not None]
             if self.archives is not None:
                 debs = [self._place(it) for it in items if it.path is not None]
-            self.chosen = chosen
+            self.chosen = self._planned
         finally:
             self.ready.set()
         self.memo.read(debs)

@@ -533,14 +533,14 @@ def wrapper_profile(out: Path, argv: list[str]) -> int:
 
 _STEP = re.compile(r"^\[\s*([\d.]+)s\] (.*)$")
 PHASES = (
-    ("Reading", "read image + package DB"),
+    ("Reading", "read image"),
     ("Unpacking the tooling image", "unpack tooling image"),
-    ("Unpacking", "unpack + snapshot"),
+    ("Unpacking", "unpack + index, package DB"),
     ("Re-patch", "replay old patch"),
     ("Pulling the tooling image", "open tooling image"),
     ("Planning from the repositories' signed indices", "plan (signed indices)"),
     ("The same patch was made before", "reuse cached layer"),
-    ("Running apt", "apt (update, plan, install)"),
+    ("Running apt", "snapshot, apt (plan, install)"),
     ("Running the tooling image's apt", "apt (update, plan, install)"),
     ("Writing the patch layer", "diff + write layer"),
     ("Writing ", "push + remove work dir"),

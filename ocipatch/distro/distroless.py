@@ -53,6 +53,7 @@ from ocipatch.errors import (
     UnsupportedError,
 )
 from ocipatch.fs.unpack import Owner, OwnershipMap, unpack
+from ocipatch.oci.image import prefetch
 from ocipatch.oci.reference import parse_reference
 from ocipatch.oci.transport import open_image
 from ocipatch.oci.types import Platform
@@ -111,6 +112,7 @@ def tooling_rootfs(ctx: Context, ref_text: str, given: bool, progress: Progress)
     progress.step(f"Unpacking the tooling image {ref_text}")
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
+        prefetch(image.layers)
         unpack(image.layers, tmp)
         if not os.path.exists(tmp / resolve_in_root(tmp, "/usr/bin/apt-get").lstrip("/")):
             raise UnsupportedError(
