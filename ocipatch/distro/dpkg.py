@@ -137,7 +137,8 @@ def verify_versions(
     failed: list[PlanItem] = []
     for item in plan.updates:
         got = after.get(item.name)
-        ok = got is not None and compare_deb(got, item.installed) > 0
+        # A package the update pulls in was not installed before: being there is enough.
+        ok = got is not None and (not item.installed or compare_deb(got, item.installed) > 0)
         if ok and got is not None and item.required is not None:
             ok = compare_deb(got, item.required) >= 0
         if not ok:
