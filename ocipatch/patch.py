@@ -455,6 +455,7 @@ class _FetchAhead:
                 debs = [self._place(it) for it in items if it.path is not None]
             self.chosen = self._planned
         finally:
+            self._repos = None  # the parsed indices (tens of MB): not needed any more
             self.ready.set()
         self.memo.read(debs)
 
