@@ -535,13 +535,13 @@ _STEP = re.compile(r"^\[\s*([\d.]+)s\] (.*)$")
 PHASES = (
     ("Reading", "read image"),
     ("Unpacking the tooling image", "unpack tooling image"),
-    ("Unpacking", "unpack + index, package DB"),
+    ("Unpacking", "unpack + index"),
     ("Re-patch", "replay old patch"),
     ("Pulling the tooling image", "open tooling image"),
     ("Planning from the repositories' signed indices", "plan (signed indices)"),
     ("The same patch was made before", "reuse cached layer"),
-    ("Running apt", "snapshot, apt (plan, install)"),
-    ("Running the tooling image's apt", "apt (update, plan, install)"),
+    ("Running apt", "apt (plan + install)"),
+    ("Running the tooling image's apt", "apt (update + plan + install)"),
     ("Writing the patch layer", "diff + write layer"),
     ("Writing ", "push + remove work dir"),
 )
