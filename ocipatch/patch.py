@@ -17,11 +17,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ocipatch import background
 from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
 from ocipatch.distro.apt import AptConfig, AptRunner, archive_name
@@ -312,9 +313,7 @@ def _patch(
         stack.callback(concurrent.futures.wait, [unpacked.snap])
     work, rootfs, own = unpacked.work, unpacked.rootfs, unpacked.own
     if plan_later is not None:
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan")
-        started_plan = pool.submit(plan_later)
-        pool.shutdown(wait=False)
+        started_plan = background.start(plan_later, "plan")
         if ahead is not None:
             ahead.planning = started_plan
         if key is None:
@@ -514,9 +513,7 @@ def _unpack_image(
         progress.step("Re-patch: replaying the previous patch layer")
         unpack(image.layers[keep:], rootfs, ownership=own, on_index=on_index)
     else:
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
-        snap = pool.submit(take)
-        pool.shutdown(wait=False)
+        snap = background.start(take, "snapshot")
     return _Unpacked(work, rootfs, own, snap)
 
 

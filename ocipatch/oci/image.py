@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from ocipatch.background import start_each
 from ocipatch.errors import ImageFormatError, IntegrityError, PlatformError
 from ocipatch.fs.compress import open_decompressed
 from ocipatch.oci import mediatypes as mt
@@ -254,10 +255,8 @@ def prefetch(layers: Sequence[Layer]) -> None:
     ]
     if not todo:
         return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-    for layer in todo:
-        layer._pending = pool.submit(layer._fetch)
-    pool.shutdown(wait=False)
+    for layer, fut in zip(todo, start_each([lay._fetch for lay in todo], "prefetch"), strict=True):
+        layer._pending = fut
 
 
 def iter_chunks(f: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
