@@ -362,6 +362,7 @@ def _patch(
             rootfs,
             own,
             DirectConfig(ctx.cache.work_dir("repos"), opts.repo_mirrors, opts.insecure_repos),
+            planned=ahead.install_set if ahead is not None else None,
         )
     else:
         progress.step(f"Running apt in {sandbox.name}")

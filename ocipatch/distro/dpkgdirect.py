@@ -9,6 +9,7 @@ missing from the result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ocipatch.distro.dpkg import AptOutcome, plan_of, read_status, verify_versio
 from ocipatch.distro.dpkgdb import STATUS, iter_stanzas
 from ocipatch.fs.unpack import Owner, OwnershipMap
 from ocipatch.repos.apt import AptRepositories
-from ocipatch.repos.resolve import InstallItem
+from ocipatch.repos.resolve import InstallItem, InstallSet
 
 INFO = "var/lib/dpkg/info"
 _SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
@@ -48,12 +49,21 @@ class DirectConfig:
 
 
 class DpkgDirectPatcher:
-    def __init__(self, rootfs: Path, ownership: OwnershipMap, config: DirectConfig) -> None:
+    def __init__(
+        self,
+        rootfs: Path,
+        ownership: OwnershipMap,
+        config: DirectConfig,
+        planned: Callable[[], InstallSet | None] | None = None,
+    ) -> None:
         self.rootfs = rootfs
         self.ownership = ownership
         self.repos = AptRepositories(
             rootfs, config.cache_dir, mirrors=config.mirrors, insecure=config.insecure
         )
+        # The set the planning thread resolved from the same indices (its packages already
+        # in the repository cache): no second pass over the indices.
+        self.planned = planned
         self._items: list[InstallItem] = []
 
     def plan(
@@ -63,9 +73,11 @@ class DpkgDirectPatcher:
         *,
         ignore_errors: bool = False,
     ) -> Plan:
-        self.repos.update()
         reqs = requirements or [Requirement(p.name, None) for p in installed]
-        chosen = self.repos.resolve(reqs, ignore_errors=ignore_errors)
+        chosen = self.planned() if self.planned is not None else None
+        if chosen is None:
+            self.repos.update()
+            chosen = self.repos.resolve(reqs, ignore_errors=ignore_errors)
         self._items = chosen.items
         return plan_of(installed, reqs, chosen, ignore_errors=ignore_errors)
 
