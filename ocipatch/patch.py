@@ -210,6 +210,14 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
 
     progress.step(f"Reading {src_ref}")
     image = ctx.open_image(src_ref)
+    if report is not None and not report.updates and report.ecosystem == "deb":
+        # Nothing in the report has a fix: whatever the image holds, there is nothing to do,
+        # and no layer needs reading to say so.
+        digest = image.index.digest if image.index is not None else image.digest
+        result = PatchResult("up-to-date", src_ref, digest)
+        result.seconds = time.monotonic() - started
+        progress.done("Nothing to patch: the report lists no package with a fixed version")
+        return result
     with contextlib.ExitStack() as stack:
         return _patch(ctx, opts, progress, image, stack, started, src_ref, dest_ref, report)
 

@@ -151,3 +151,27 @@ def test_bad_flags(layout: synth.Built, tmp_path: Path, args: list[str], needle:
 def test_digest_only_reference_needs_a_tag(tmp_path: Path) -> None:
     r = run("patch", "-i", "127.0.0.1:9/app@sha256:" + "a" * 64, "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 2 and "pass -t TAG" in r.stderr
+
+
+def test_report_without_fixes_reads_no_layer(layout: synth.Built, tmp_path: Path) -> None:
+    """A report whose vulnerabilities have no fixed version asks for nothing: the answer is
+    "up-to-date" (exit 0) from the manifest alone; no layer is unpacked or indexed."""
+    doc = json.loads(json.dumps(GOOD))
+    for result in doc["Results"]:
+        for v in result.get("Vulnerabilities", []):
+            v["FixedVersion"] = ""
+    cache = tmp_path / "c"
+    r = run(
+        "patch",
+        "-i",
+        f"oci:{layout.layout}:v1",
+        "-r",
+        str(report(tmp_path, "nofix.json", doc)),
+        "--json",
+        "--cache-dir",
+        str(cache),
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "up-to-date"
+    assert "no package with a fixed version" in r.stderr
+    assert not list(cache.rglob("*.index.json"))
