@@ -11,12 +11,9 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import os
-import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,19 +22,19 @@ from typing import Any
 from ocipatch import background
 from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
-from ocipatch.distro.apt import AptConfig, AptRunner, archive_name
+from ocipatch.distro.apt import AptConfig, AptRunner
 from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requirement
 from ocipatch.distro.debmeta import DebMetaMemo, deb_file_meta, read_statoverride
 from ocipatch.distro.detect import OsRelease, read_os_release
 from ocipatch.distro.dpkg import DpkgPatcher, exclude
 from ocipatch.distro.dpkgdirect import DirectConfig, DpkgDirectPatcher
+from ocipatch.distro.fetchahead import FetchAhead
 from ocipatch.errors import UnsupportedError, UsageError
-from ocipatch.fs.changes import Change, Snapshot, diff, snapshot
+from ocipatch.fs.changes import Change, diff
 from ocipatch.fs.layerwriter import write_layer
 from ocipatch.fs.merged import MergedView
-from ocipatch.fs.unpack import OnIndex, OwnershipMap, unpack
 from ocipatch.oci import mediatypes as mt
-from ocipatch.oci.image import Image, prefetch
+from ocipatch.oci.image import Image
 from ocipatch.oci.mutate import append_layer
 from ocipatch.oci.reference import ImageRef, parse_reference
 from ocipatch.oci.transport import write_image
@@ -45,9 +42,8 @@ from ocipatch.oci.types import Descriptor
 from ocipatch.progress import Progress
 from ocipatch.reports.load import check_report_matches, load_report
 from ocipatch.reports.model import UpdateManifest
-from ocipatch.repos.apt import AptRepositories
-from ocipatch.repos.resolve import InstallItem, InstallSet
 from ocipatch.resultcache import CachedResult, ResultCache, plan_key
+from ocipatch.workspace import Unpacked, size_estimate, unpack_image, work_dir
 
 log = logging.getLogger(__name__)
 
@@ -159,47 +155,6 @@ def requirements_from(
     return reqs, skipped
 
 
-SHM = Path("/dev/shm")
-
-
-def scratch_base(ctx: Context, needed: int) -> Path:
-    """Where the image is unpacked: $OCIPATCH_WORK_DIR if set; else a tmpfs (/dev/shm) when it
-    has room for twice the image and the image is under a quarter of the free memory (creating
-    ~10k files there takes a fraction of a second, on a slow disk several); else the cache."""
-    env = os.environ.get("OCIPATCH_WORK_DIR")
-    if env:
-        return Path(env)
-    try:
-        st = os.statvfs(SHM)
-        free = st.f_bavail * st.f_frsize
-        if os.access(SHM, os.W_OK) and free > 2 * needed and needed < _mem_available() // 4:
-            base = SHM / f"ocipatch-{os.getuid()}"
-            base.mkdir(mode=0o700, exist_ok=True)
-            return base
-    except OSError:
-        pass
-    return ctx.cache.work_dir("work")
-
-
-def _mem_available() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-@contextlib.contextmanager
-def work_dir(ctx: Context, needed: int = 0) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="patch-", dir=scratch_base(ctx, needed)))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     started = time.monotonic()
     src_ref = parse_reference(opts.image)
@@ -236,12 +191,12 @@ def _patch(
     source_digest = image.index.digest if image.index is not None else image.digest
     view = MergedView(image.layers, ctx.cache.work_dir("index"))
     keep = base_layer_count(image)
-    unpacked: _Unpacked | None = None
+    unpacked: Unpacked | None = None
     if not view.indexed():
         # An image this cache has not seen (so no patch of it is cached either): one pass over
         # each layer extracts and indexes it, instead of one pass for each.
-        work = stack.enter_context(work_dir(ctx, _size_estimate(image)))
-        unpacked = _unpack_image(image, keep, work, progress, view.add_index)
+        work = stack.enter_context(work_dir(ctx, size_estimate(image)))
+        unpacked = unpack_image(image, keep, work, progress, view.add_index)
         stack.callback(concurrent.futures.wait, [unpacked.snap])  # before the tree goes
     osr = read_os_release(view)
     pm = detect(view)
@@ -282,7 +237,7 @@ def _patch(
     results = ResultCache(ctx.cache.work_dir("results"), ctx.cache)
     key: str | None = None
     planning: Future[str | None] | None = None
-    ahead: _FetchAhead | None = None
+    ahead: FetchAhead | None = None
     plan_later: Callable[[], Any] | None = None
     memo = DebMetaMemo()
     if not distroless and not opts.dry_run:
@@ -297,7 +252,7 @@ def _patch(
             mirrors=opts.repo_mirrors,
             cache_dir=ctx.cache.work_dir("repos"),
         )
-        ahead = _FetchAhead(
+        ahead = FetchAhead(
             None if opts.sandbox == "none" else ctx.cache.work_dir("apt") / "debs", memo
         )
         if unpacked is not None or results.empty():
@@ -317,7 +272,7 @@ def _patch(
             plan_later = ahead.fetch  # a miss: the packages are fetched beside the snapshot
     if unpacked is None:
         work = stack.enter_context(work_dir(ctx, sum(e.size for e in view.walk())))
-        unpacked = _unpack_image(image, keep, work, progress)
+        unpacked = unpack_image(image, keep, work, progress)
         stack.callback(concurrent.futures.wait, [unpacked.snap])
     work, rootfs, own = unpacked.work, unpacked.rootfs, unpacked.own
     if plan_later is not None:
@@ -425,113 +380,6 @@ def _patch(
     result.seconds = time.monotonic() - started
     progress.done(f"Patched {len(result.updated)} packages -> {dest_ref}")
     return result
-
-
-class _FetchAhead:
-    """The planning thread's second job: download the plan's packages (verified against the
-    signed indices) into apt's archive directory, where apt finds them and skips its own
-    download, then read their owners and modes for the patch layer while dpkg runs."""
-
-    WAIT = 60.0  # at most this long does apt wait for packages on their way
-
-    def __init__(self, archives: Path | None, memo: DebMetaMemo) -> None:
-        self.archives = archives  # None: the packages stay in the repository cache
-        self.memo = memo
-        self.ready = threading.Event()
-        self.planning: Future[Any] | None = None  # the thread that calls fetch()
-        self.chosen: InstallSet | None = None  # set once its packages are all in place
-        self._repos: AptRepositories | None = None
-        self._planned: InstallSet | None = None
-
-    def __call__(self, repos: AptRepositories, chosen: InstallSet) -> None:
-        """As the planning thread's on_plan: fetch right away."""
-        self.record(repos, chosen)
-        self.fetch()
-
-    def record(self, repos: AptRepositories, chosen: InstallSet) -> None:
-        """As on_plan of a planning whose key may still hit the result cache: no fetch yet."""
-        self._repos, self._planned = repos, chosen
-
-    def fetch(self) -> None:
-        if self._repos is None or self._planned is None:
-            self.ready.set()
-            return
-        try:
-            items = self._repos.download(self._planned.items)
-            debs = [it.path for it in items if it.path is not None]
-            if self.archives is not None:
-                debs = [self._place(it) for it in items if it.path is not None]
-            self.chosen = self._planned
-        finally:
-            self._repos = None  # the parsed indices (tens of MB): not needed any more
-            self.ready.set()
-        self.memo.read(debs)
-
-    def _place(self, item: InstallItem) -> Path:
-        assert item.path is not None and self.archives is not None
-        dest = self.archives / archive_name(item.name, item.version, item.arch)
-        if not dest.is_file():
-            self.archives.mkdir(parents=True, exist_ok=True)
-            tmp = self.archives / "partial" / f"{dest.name}.{os.getpid()}.ahead"
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(item.path, tmp)
-            except OSError:  # another file system: a copy
-                shutil.copyfile(item.path, tmp)
-            os.replace(tmp, dest)
-        return dest
-
-    def wait(self) -> None:
-        """Until the packages are in place, planning ended (or failed), or WAIT passed."""
-        deadline = time.monotonic() + self.WAIT
-        while not self.ready.wait(0.05) and not (self.planning and self.planning.done()):
-            if time.monotonic() > deadline:
-                return
-
-    def install_set(self) -> InstallSet | None:
-        """The resolved set with its packages in apt's archive directory; None if planning
-        or a download failed (the patcher then lets apt resolve)."""
-        self.wait()
-        return self.chosen
-
-
-@dataclass
-class _Unpacked:
-    work: Path
-    rootfs: Path
-    own: OwnershipMap
-    snap: Future[Snapshot]  # under way while apt updates its lists; done before apt installs
-
-
-def _unpack_image(
-    image: Image, keep: int, work: Path, progress: Progress, on_index: OnIndex | None = None
-) -> _Unpacked:
-    """The image's layers into work/rootfs, with a snapshot of the original ones. Without a
-    previous patch layer to replay the snapshot is taken on a thread (it only reads the tree,
-    as apt's update does); with one, it is taken before the replay."""
-    rootfs = work / "rootfs"
-    progress.step(f"Unpacking {len(image.layers)} layers")
-    prefetch(image.layers)
-    own = unpack(image.layers[:keep], rootfs, on_index=on_index)
-    take = functools.partial(snapshot, rootfs, own, exclude=exclude)
-    snap: Future[Snapshot]
-    if keep < len(image.layers):
-        snap = Future()
-        snap.set_result(take())
-        progress.step("Re-patch: replaying the previous patch layer")
-        unpack(image.layers[keep:], rootfs, ownership=own, on_index=on_index)
-    else:
-        snap = background.start(take, "snapshot")
-    return _Unpacked(work, rootfs, own, snap)
-
-
-def _size_estimate(image: Image) -> int:
-    """Unpacked size before any index says it: compressed layers taken at 4x (gzip and zstd
-    layers of OS trees unpack to 2.5-3x), so the choice of scratch space errs on the safe side."""
-    return sum(
-        layer.descriptor.size * (1 if layer.compression == "none" else 4) for layer in image.layers
-    )
 
 
 def _with_package_ownership(

@@ -1,0 +1,100 @@
+"""The tree a patch works on: where it lives, and how an image is unpacked into it and
+snapshotted before the package manager runs."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from ocipatch import background
+from ocipatch.context import Context
+from ocipatch.distro.dpkg import exclude
+from ocipatch.fs.changes import Snapshot, snapshot
+from ocipatch.fs.unpack import OnIndex, OwnershipMap, unpack
+from ocipatch.oci.image import Image, prefetch
+from ocipatch.progress import Progress
+
+SHM = Path("/dev/shm")
+
+
+def scratch_base(ctx: Context, needed: int) -> Path:
+    """Where the image is unpacked: $OCIPATCH_WORK_DIR if set; else a tmpfs (/dev/shm) when it
+    has room for twice the image and the image is under a quarter of the free memory (creating
+    ~10k files there takes a fraction of a second, on a slow disk several); else the cache."""
+    env = os.environ.get("OCIPATCH_WORK_DIR")
+    if env:
+        return Path(env)
+    try:
+        st = os.statvfs(SHM)
+        free = st.f_bavail * st.f_frsize
+        if os.access(SHM, os.W_OK) and free > 2 * needed and needed < _mem_available() // 4:
+            base = SHM / f"ocipatch-{os.getuid()}"
+            base.mkdir(mode=0o700, exist_ok=True)
+            return base
+    except OSError:
+        pass
+    return ctx.cache.work_dir("work")
+
+
+def _mem_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+@contextlib.contextmanager
+def work_dir(ctx: Context, needed: int = 0) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="patch-", dir=scratch_base(ctx, needed)))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Unpacked:
+    work: Path
+    rootfs: Path
+    own: OwnershipMap
+    snap: Future[Snapshot]  # under way while apt updates its lists; done before apt installs
+
+
+def unpack_image(
+    image: Image, keep: int, work: Path, progress: Progress, on_index: OnIndex | None = None
+) -> Unpacked:
+    """The image's layers into work/rootfs, with a snapshot of the original ones. Without a
+    previous patch layer to replay the snapshot is taken on a thread (it only reads the tree,
+    as apt's update does); with one, it is taken before the replay."""
+    rootfs = work / "rootfs"
+    progress.step(f"Unpacking {len(image.layers)} layers")
+    prefetch(image.layers)
+    own = unpack(image.layers[:keep], rootfs, on_index=on_index)
+    take = functools.partial(snapshot, rootfs, own, exclude=exclude)
+    snap: Future[Snapshot]
+    if keep < len(image.layers):
+        snap = Future()
+        snap.set_result(take())
+        progress.step("Re-patch: replaying the previous patch layer")
+        unpack(image.layers[keep:], rootfs, ownership=own, on_index=on_index)
+    else:
+        snap = background.start(take, "snapshot")
+    return Unpacked(work, rootfs, own, snap)
+
+
+def size_estimate(image: Image) -> int:
+    """Unpacked size before any index says it: compressed layers taken at 4x (gzip and zstd
+    layers of OS trees unpack to 2.5-3x), so the choice of scratch space errs on the safe side."""
+    return sum(
+        layer.descriptor.size * (1 if layer.compression == "none" else 4) for layer in image.layers
+    )
