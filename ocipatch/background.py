@@ -18,17 +18,7 @@ T = TypeVar("T")
 
 def start(fn: Callable[[], T], name: str) -> Future[T]:
     """Run fn on a daemon thread; its result or exception lands in the returned Future."""
-    fut: Future[T] = Future()
-    fut.set_running_or_notify_cancel()
-
-    def run() -> None:
-        try:
-            fut.set_result(fn())
-        except BaseException as e:  # handed to whoever waits on the future
-            fut.set_exception(e)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return fut
+    return start_each([fn], name)[0]
 
 
 def start_each(fns: list[Callable[[], T]], name: str) -> list[Future[T]]:

@@ -374,12 +374,7 @@ def _patch(
     if key is not None:
         results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
 
-    result.vulnerabilities_fixed = _fixed_ids(result, plan)
-    if opts.vex is not None:
-        _write_vex(opts.vex, result, plan, osr, image, new_image)
-    result.seconds = time.monotonic() - started
-    progress.done(f"Patched {len(result.updated)} packages -> {dest_ref}")
-    return result
+    return _finish(opts, result, plan, osr, image, new_image, dest_ref, started, progress)
 
 
 def _with_package_ownership(
@@ -469,6 +464,21 @@ def _from_cache(
     progress.step(f"Writing {dest_ref}")
     result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
     result.image = dest_ref
+    return _finish(opts, result, plan, osr, image, new_image, dest_ref, started, progress)
+
+
+def _finish(
+    opts: PatchOptions,
+    result: PatchResult,
+    plan: Plan,
+    osr: OsRelease | None,
+    image: Image,
+    new_image: Image,
+    dest_ref: ImageRef,
+    started: float,
+    progress: Progress,
+) -> PatchResult:
+    """What a written patch (made now or reused) reports: fixed ids, the VEX, the time."""
     result.vulnerabilities_fixed = _fixed_ids(result, plan)
     if opts.vex is not None:
         _write_vex(opts.vex, result, plan, osr, image, new_image)

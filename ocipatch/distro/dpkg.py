@@ -95,8 +95,12 @@ def _keep_auto_marks(
     not change which packages `apt-get autoremove` would take. Packages installed before keep
     their marks; a package the patch added came in as a dependency: automatically installed.
     added: name -> architecture (apt's, so the native one for Architecture: all)."""
-    after = _read_bytes(path)
-    if after == before and not added:
+    if not added:  # the file as it was, byte for byte (so it stays out of the layer)
+        if _read_bytes(path) != before:
+            if before is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(before)
         return
     kept = [
         st
@@ -106,10 +110,7 @@ def _keep_auto_marks(
     marks = [
         Deb822({"Package": n, "Architecture": a, "Auto-Installed": "1"}) for n, a in added.items()
     ]
-    text = "".join(st.dump() + "\n" for st in [*kept, *marks])
-    if before is not None and text.encode() == before:
-        text = before.decode()
-    path.write_text(text)
+    path.write_text("".join(st.dump() + "\n" for st in [*kept, *marks]))
 
 
 # The dpkg adapter's outcome is the shared one; the old name stays for its users.
@@ -230,7 +231,6 @@ class DpkgPatcher:
         self.planned = planned
         self.empty_lists = empty_lists
         self._files: list[Path] | None = None  # the planned packages apply installs
-        self._updated_lists = False
         self.notes: list[str] = []
 
     def _plain_apt(self) -> bool:
@@ -276,7 +276,6 @@ class DpkgPatcher:
         planned = self._plan_from_repos(installed, requirements, ignore_errors)
         if planned is not None:
             return planned
-        self._updated_lists = True
         self.runner.update()
         held = self.runner.held()
         if requirements is None:
