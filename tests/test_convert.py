@@ -9,6 +9,7 @@ the files, as a user would.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import tarfile
@@ -24,6 +25,9 @@ from tests.plugins.images import skopeo
 from tests.plugins.registry import push_test_image, skopeo_copy, skopeo_raw
 from tests.test_cli import run
 from tests.test_image import debianish_layers
+from tests.test_patch_hermetic import Env, dpkg_status, env, patched, versions
+
+__all__ = ["env"]  # the hermetic image fixture, built once for this module
 
 DOCKER_TYPES = {
     mt.DOCKER_MANIFEST,
@@ -238,3 +242,121 @@ def test_copy_layout_to_docker_archive_gets_the_default_name(tmp_path: Path) -> 
     ocipatch_copy(f"oci:{src.layout}:v1", f"docker-archive:{out}", tmp_path / "c")
     assert repo_tags(out) == ["ocipatch/image:v1"]
     skopeo("inspect", f"docker-archive:{out}:ocipatch/image:v1")
+
+
+def test_patch_to_docker_archive_of_an_untagged_source_asks_for_a_name(tmp_path: Path) -> None:
+    src = synth.write_layout(tmp_path / "layout", debianish_layers(), tag="v1")
+    r = run(
+        "patch",
+        "-i",
+        f"oci:{src.layout}",
+        "-t",
+        f"docker-archive:{tmp_path / 'out.tar'}",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "NAME:TAG" in r.stderr, r.stderr
+    assert not (tmp_path / "out.tar").exists()
+
+
+# --- patching a Docker schema2 image (the hermetic image of tests/test_patch_hermetic.py) ------
+
+
+@pytest.fixture(scope="module")
+def v2s2_env(env: Env) -> Env:
+    """The hermetic test image, copied into the registry as Docker schema2 (same blobs)."""
+    host = env.repo.split("/", 1)[0]
+    ref = f"{host}/convert/ocp:1"
+    skopeo(
+        "copy", "-q", "--format", "v2s2", "--src-tls-verify=false", "--dest-tls-verify=false",
+        f"docker://{env.ref}", f"docker://{ref}",
+    )  # fmt: skip
+    manifest = json.loads(skopeo_raw(f"docker://{ref}"))
+    assert set(media_types(manifest)) <= DOCKER_TYPES
+    assert [x["digest"] for x in manifest["layers"]] == env.layers
+    return dataclasses.replace(env, ref=ref, repo=f"{host}/convert/ocp")
+
+
+def raw(ref: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(skopeo_raw(f"docker://{ref}"))
+    return out
+
+
+def installed_after(env: Env, layout: Path, tag: str, name: str) -> dict[str, str]:
+    rootfs = env.work / f"rootfs-{name}"
+    umoci_unpacks(layout, tag, rootfs)
+    return versions(dpkg_status(rootfs))
+
+
+def test_zstd_patch_of_v2s2_is_an_oci_image(v2s2_env: Env) -> None:
+    env = v2s2_env
+    report = env.report("zstd", {"ocp-lib": "2.0"})
+    vex = env.work / "zstd.vex.json"
+    out = patched(env, "-i", env.ref, "-r", str(report), "-t", "zstd", "--compression", "zstd",
+                  "--vex", str(vex))  # fmt: skip
+    manifest = raw(env.dest("zstd"))
+    n = len(env.layers)
+    assert media_types(manifest) == [
+        mt.OCI_MANIFEST, mt.OCI_CONFIG, *[mt.OCI_LAYER_GZIP] * n, mt.OCI_LAYER_ZSTD,
+    ]  # fmt: skip
+    assert [x["digest"] for x in manifest["layers"][:n]] == env.layers, "base blobs unchanged"
+    info = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{env.dest('zstd')}"))
+    assert out["image"]["digest"] == info["Digest"]
+    doc = json.loads(vex.read_text())
+    assert info["Digest"].split(":")[1] in doc["statements"][0]["products"][0]["@id"]
+    # skopeo reads the zstd layer (it recompresses it to gzip: umoci 0.4 cannot read zstd).
+    layout = env.work / "pulled-zstd"
+    skopeo("copy", "-q", "--src-tls-verify=false", "--dest-compress", "--dest-compress-format",
+           "gzip", f"docker://{env.dest('zstd')}", f"oci:{layout}:p")  # fmt: skip
+    assert installed_after(env, layout, "p", "zstd")["ocp-lib"] == "2.0"
+
+
+def test_gzip_patch_of_v2s2_to_a_registry_stays_docker(v2s2_env: Env) -> None:
+    env = v2s2_env
+    report = env.report("gzip", {"ocp-lib": "2.0"})
+    patched(env, "-i", env.ref, "-r", str(report), "-t", "gzip")
+    manifest = raw(env.dest("gzip"))
+    n = len(env.layers)
+    assert media_types(manifest) == [
+        mt.DOCKER_MANIFEST, mt.DOCKER_CONFIG, *[mt.DOCKER_LAYER_GZIP] * (n + 1),
+    ]  # fmt: skip
+    assert [x["digest"] for x in manifest["layers"][:n]] == env.layers
+    layout = env.work / "pulled-gzip"
+    skopeo(
+        "copy", "-q", "--src-tls-verify=false", f"docker://{env.dest('gzip')}", f"oci:{layout}:p"
+    )
+    assert installed_after(env, layout, "p", "gzip")["ocp-lib"] == "2.0"
+
+
+def test_patch_of_v2s2_to_a_layout_is_oci_and_deterministic(v2s2_env: Env) -> None:
+    env = v2s2_env
+    report = env.report("layout", {"ocp-lib": "2.0"})
+    digests = []
+    for name in ("layout-a", "layout-b"):
+        layout = env.work / name
+        out = patched(env, "-i", env.ref, "-r", str(report), "-t", f"oci:{layout}:p")
+        (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
+        assert (entry["mediaType"], entry["digest"]) == (mt.OCI_MANIFEST, out["image"]["digest"])
+        manifest = blob(layout, entry["digest"])
+        assert media_types(manifest) == [mt.OCI_MANIFEST, mt.OCI_CONFIG] + [mt.OCI_LAYER_GZIP] * (
+            len(env.layers) + 1
+        )
+        assert json.loads(skopeo("inspect", f"oci:{layout}:p"))["Digest"] == entry["digest"]
+        assert installed_after(env, layout, "p", name)["ocp-lib"] == "2.0"
+        digests.append(entry["digest"])
+    assert digests[0] == digests[1], "the same patch twice: the same image"
+
+
+@pytest.mark.parametrize("source", ["registry", "layout"])
+def test_patch_to_docker_archive_gets_the_derived_name(v2s2_env: Env, source: str) -> None:
+    env = v2s2_env
+    report = env.report("archive", {"ocp-lib": "2.0"})
+    archive = env.work / f"patched-{source}.tar"
+    src = env.ref if source == "registry" else f"oci:{env.work / 'layout'}:1"
+    patched(env, "-i", src, "-r", str(report), "-t", f"docker-archive:{archive}")
+    name = f"{env.repo}:1-patched" if source == "registry" else "ocipatch/image:1-patched"
+    assert repo_tags(archive) == [name]
+    info = json.loads(skopeo("inspect", f"docker-archive:{archive}"))
+    assert len(info["Layers"]) == len(env.layers) + 1
+    skopeo("inspect", f"docker-archive:{archive}:{name}")
