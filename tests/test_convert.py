@@ -17,9 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from ocipatch.oci import mediatypes as mt
+from ocipatch.oci.cache import BlobCache
 from ocipatch.oci.convert import manifest_to_oci
+from ocipatch.oci.mutate import append_layer
+from ocipatch.oci.reference import parse_reference
+from ocipatch.oci.remote import RegistryOptions
+from ocipatch.oci.transport import open_image, write_image
+from ocipatch.oci.types import Descriptor, Platform
 from tests import synth
 from tests.plugins.images import skopeo
 from tests.plugins.registry import push_test_image, skopeo_copy, skopeo_raw
@@ -167,6 +174,45 @@ def test_docker_manifest_list_to_layout_is_an_oci_index(registry: Any, tmp_path:
     (out / "index.json").write_text(json.dumps(top))
     umoci_unpacks(out, "amd64", tmp_path / "rootfs")
     assert (tmp_path / "rootfs/var/lib/dpkg/status").read_text() == synth.DPKG_STATUS
+
+
+def test_zstd_layer_on_a_docker_manifest_list_converts_every_platform(
+    registry: Any, tmp_path: Path
+) -> None:
+    """The mechanism `patch --compression zstd` uses, on a multi-platform Docker source: a zstd
+    layer appended to one platform makes the list, and every platform in it, OCI."""
+    src = synth.write_multiarch_layout(
+        tmp_path / "multi", {"amd64": debianish_layers(), "arm64": debianish_layers()[:1]}
+    )
+    ref = f"{registry.host}/convert/zlist:1"
+    skopeo_copy(
+        f"oci:{src.layout}:latest", f"docker://{ref}", "--all", "--format", "v2s2",
+        dest_server=registry,
+    )  # fmt: skip
+    cache = BlobCache(tmp_path / "cache")
+    image = open_image(parse_reference(ref), RegistryOptions(), cache, Platform("linux", "amd64"))
+    assert image.index is not None and image.index.media_type == mt.DOCKER_MANIFEST_LIST
+    raw_tar = synth.tar_bytes([synth.f("added", "zstd layer\n")])
+    blob = zstandard.ZstdCompressor().compress(raw_tar)
+    (tmp_path / "layer").write_bytes(blob)
+    cache.put_file(synth.sha(blob), tmp_path / "layer")
+    desc = Descriptor(mt.layer_media_type("zstd", image.is_docker), synth.sha(blob), len(blob))
+    new = append_layer(image, desc, synth.sha(raw_tar), cache, history={"created_by": "test"})
+    dest = parse_reference(f"{registry.host}/convert/zlist:z")
+    digest = write_image(new, dest, RegistryOptions())
+
+    index = json.loads(skopeo_raw(f"docker://{dest}"))
+    assert index["mediaType"] == mt.OCI_INDEX
+    for e in index["manifests"]:
+        assert e["mediaType"] == mt.OCI_MANIFEST
+        child = json.loads(skopeo_raw(f"docker://{registry.host}/convert/zlist@{e['digest']}"))
+        assert media_types(child)[:2] == [mt.OCI_MANIFEST, mt.OCI_CONFIG]
+        last = mt.OCI_LAYER_ZSTD if e["platform"]["architecture"] == "amd64" else mt.OCI_LAYER_GZIP
+        assert media_types(child)[-1] == last
+    skopeo("copy", "-q", "--all", "--src-tls-verify=false", f"docker://{dest}",
+           f"oci:{tmp_path / 'all'}:z")  # fmt: skip
+    # Converted and written again: the same digests.
+    assert write_image(new, dest, RegistryOptions()) == digest
 
 
 def test_foreign_and_plain_docker_layers_map_to_oci() -> None:
