@@ -215,6 +215,23 @@ def test_zstd_layer_on_a_docker_manifest_list_converts_every_platform(
     assert write_image(new, dest, RegistryOptions()) == digest
 
 
+def test_copy_docker_archive_to_layout_is_oci(tmp_path: Path) -> None:
+    """A docker-archive reads as Docker schema2 with uncompressed layers: OCI plain tar layers."""
+    src = synth.write_layout(tmp_path / "layout", debianish_layers(), tag="v1")
+    archive = tmp_path / "in.tar"
+    skopeo("copy", "-q", f"oci:{src.layout}:v1", f"docker-archive:{archive}:app:1")
+    out = tmp_path / "out"
+    ocipatch_copy(f"docker-archive:{archive}", f"oci:{out}:t", tmp_path / "c")
+    (entry,) = json.loads((out / "index.json").read_text())["manifests"]
+    manifest = blob(out, entry["digest"])
+    assert media_types(manifest) == [entry["mediaType"], mt.OCI_CONFIG, mt.OCI_LAYER, mt.OCI_LAYER]
+    assert entry["mediaType"] == mt.OCI_MANIFEST
+    assert [x["digest"] for x in manifest["layers"]] == src.diff_ids
+    json.loads(skopeo("inspect", f"oci:{out}:t"))
+    umoci_unpacks(out, "t", tmp_path / "rootfs")
+    assert (tmp_path / "rootfs/var/lib/dpkg/status").read_text() == synth.DPKG_STATUS
+
+
 def test_foreign_and_plain_docker_layers_map_to_oci() -> None:
     """Each Docker layer type has its OCI twin; fields the mapping does not model are kept."""
     docker = {

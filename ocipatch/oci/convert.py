@@ -47,13 +47,14 @@ def needs_oci(image: Image, dest: ImageRef) -> bool:
 
 
 def _has_docker_types(image: Image) -> bool:
-    if image.is_docker:
+    if _docker_in_manifest(image.manifest):
         return True
     if image.index is None:
         return False
     if image.index.media_type == mt.DOCKER_MANIFEST_LIST:
         return True
-    return any(e.get("mediaType") == mt.DOCKER_MANIFEST for e in _entries(image.index.data))
+    entries = json.loads(image.index.data).get("manifests") or []  # parsed once already
+    return any(isinstance(e, dict) and e.get("mediaType") == mt.DOCKER_MANIFEST for e in entries)
 
 
 def to_oci(image: Image) -> Image:
@@ -138,18 +139,6 @@ def _sibling(image: Image, desc: Descriptor) -> bytes:
     """Another platform's manifest, read from the source and checked against its digest."""
     assert image.source is not None
     return verify_bytes(image.source.manifest(desc), desc.digest, desc.size, "manifest")
-
-
-def _entries(index_data: bytes) -> list[dict[str, Any]]:
-    try:
-        obj = json.loads(index_data)
-    except ValueError:
-        return []
-    return (
-        [e for e in obj.get("manifests") or [] if isinstance(e, dict)]
-        if isinstance(obj, dict)
-        else []
-    )
 
 
 def _dump(obj: Any) -> bytes:
