@@ -323,6 +323,24 @@ def test_patch_to_docker_archive_of_an_untagged_source_asks_for_a_name(tmp_path:
     assert not (tmp_path / "out.tar").exists()
 
 
+@pytest.mark.parametrize(
+    ("dest", "expected"),
+    [("", "localhost:5000/team/app:1"), (":2", "localhost:5000/team/app:2")],
+)
+def test_copy_docker_archive_to_docker_archive_keeps_the_name(
+    tmp_path: Path, dest: str, expected: str
+) -> None:
+    src = synth.write_layout(tmp_path / "layout", debianish_layers(), tag="v1")
+    archive = tmp_path / "in.tar"
+    skopeo(
+        "copy", "-q", f"oci:{src.layout}:v1", f"docker-archive:{archive}:localhost:5000/team/app:1"
+    )
+    out = tmp_path / "out.tar"
+    ocipatch_copy(f"docker-archive:{archive}", f"docker-archive:{out}{dest}", tmp_path / "c")
+    assert repo_tags(out) == [expected]
+    skopeo("inspect", f"docker-archive:{out}:{expected}")
+
+
 # --- patching a Docker schema2 image (the hermetic image of tests/test_patch_hermetic.py) ------
 
 

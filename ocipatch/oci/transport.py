@@ -149,26 +149,32 @@ def _copy_siblings(image: Image, dest: Destination, new_digest: str) -> bytes:
 
 
 def _write_docker_archive(image: Image, dest_ref: ImageRef) -> str:
-    tag = archive_repo_tag(image.ref, dest_ref.tag)
+    tag = archive_repo_tag(image, dest_ref.tag)
     layers = [(layer.diff_id, None, _tar_opener(layer)) for layer in image.layers]
     write_docker_archive(Path(dest_ref.path), tag, image.config_bytes, layers)
     return sha256_bytes(image.config_bytes)
 
 
-def archive_repo_tag(source: ImageRef, tag: str | None) -> str | None:
-    """The RepoTags entry of a docker-archive written from source: NAME:TAG as given; a bare
-    TAG under the source's name; no tag: the source's own name and tag (None if it has none).
-    A source with no repository name (a layout) gives DEFAULT_ARCHIVE_NAME."""
-    tag = tag or source.tag
+def archive_repo_tag(image: Image, tag: str | None) -> str | None:
+    """The RepoTags entry of a docker-archive written from image: NAME:TAG as given; a bare
+    TAG under the source's name; no tag: the source's own name and tag (None if it has none)."""
+    name, own = _source_name_tag(image)
+    tag = tag or own
     if not tag:
         return None
-    if ":" in tag:
-        return tag
-    if source.is_registry:
-        return f"{source.name}:{tag}"
-    if source.transport == "docker-archive" and source.tag and ":" in source.tag:
-        return f"{source.tag.rpartition(':')[0]}:{tag}"
-    return f"{DEFAULT_ARCHIVE_NAME}:{tag}"
+    return tag if ":" in tag else f"{name}:{tag}"
+
+
+def _source_name_tag(image: Image) -> tuple[str, str | None]:
+    """The source's repository name (DEFAULT_ARCHIVE_NAME when it has none) and its tag."""
+    src = image.ref
+    if src.is_registry:
+        return src.name, src.tag
+    repo_tag = image.source.repo_tag if isinstance(image.source, DockerArchiveSource) else None
+    if repo_tag and ":" in repo_tag:
+        name, _, tag = repo_tag.rpartition(":")
+        return name, tag
+    return DEFAULT_ARCHIVE_NAME, src.tag
 
 
 def _tar_opener(layer: Layer) -> Callable[[], BinaryIO]:
