@@ -27,6 +27,7 @@ from ocipatch.oci.reference import parse_reference
 from ocipatch.oci.remote import RegistryOptions
 from ocipatch.oci.transport import open_image, write_image
 from ocipatch.oci.types import Descriptor, Platform
+from ocipatch.patch import destination_for
 from tests import synth
 from tests.plugins.images import skopeo
 from tests.plugins.registry import push_test_image, skopeo_copy, skopeo_raw
@@ -339,6 +340,24 @@ def test_copy_docker_archive_to_docker_archive_keeps_the_name(
     ocipatch_copy(f"docker-archive:{archive}", f"docker-archive:{out}{dest}", tmp_path / "c")
     assert repo_tags(out) == [expected]
     skopeo("inspect", f"docker-archive:{out}:{expected}")
+
+
+@pytest.mark.parametrize(
+    ("source", "tag", "expected"),
+    [
+        ("reg.example/app:1", "docker-archive:/o.tar", "docker-archive:/o.tar:1-patched"),
+        ("docker-archive:/i.tar:app:1", None, "docker-archive:/i.tar:app:1-patched"),
+        (
+            "docker-archive:/i.tar:team/app:1",
+            "docker-archive:/o.tar",
+            "docker-archive:/o.tar:team/app:1-patched",
+        ),
+        ("oci:/l:1", "docker-archive:/o.tar:x/y:2", "docker-archive:/o.tar:x/y:2"),
+        ("oci:/l:1", "oci:/o", "oci:/o"),
+    ],
+)
+def test_patch_destination_of_a_docker_archive(source: str, tag: str | None, expected: str) -> None:
+    assert str(destination_for(parse_reference(source), tag, "patched")) == expected
 
 
 # --- patching a Docker schema2 image (the hermetic image of tests/test_patch_hermetic.py) ------
