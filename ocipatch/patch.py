@@ -34,6 +34,7 @@ from ocipatch.fs.changes import Change, diff
 from ocipatch.fs.layerwriter import write_layer
 from ocipatch.fs.merged import MergedView
 from ocipatch.oci import mediatypes as mt
+from ocipatch.oci.convert import for_destination
 from ocipatch.oci.image import Image
 from ocipatch.oci.mutate import append_layer
 from ocipatch.oci.reference import ImageRef, parse_reference
@@ -110,14 +111,25 @@ def destination_for(source: ImageRef, tag: str | None, suffix: str) -> ImageRef:
             any(tag.startswith(t + ":") for t in ("oci", "oci-archive", "docker-archive", "docker"))
             or "/" in tag
         ):
-            return parse_reference(tag)
+            dest = parse_reference(tag)
+            if dest.transport == "docker-archive" and dest.tag is None:
+                # An archive names its image (RepoTags): the derived tag, under the source's
+                # name (oci/transport.py archive_repo_tag).
+                hint = f"-t {tag}:NAME:TAG"
+                return dest.with_tag(derived_tag(source, suffix, hint))
+            return dest
         return source.with_tag(tag)
+    return source.with_tag(derived_tag(source, suffix, "-t TAG"))
+
+
+def derived_tag(source: ImageRef, suffix: str, hint: str) -> str:
+    """The source's tag + `-<suffix>`; a tag already ending in the suffix is kept."""
     base = source.tag
     if not base:
-        raise UsageError(f"{source} has no tag to derive the patched tag from: pass -t TAG")
+        raise UsageError(f"{source} has no tag to derive the patched tag from: pass {hint}")
     if base.endswith(f"-{suffix}"):
-        return source.with_tag(base)
-    return source.with_tag(f"{base}-{suffix}")
+        return base
+    return f"{base}-{suffix}"
 
 
 def base_layer_count(image: Image) -> int:
@@ -361,7 +373,7 @@ def _patch(
     changes = _with_package_ownership(changes, rootfs, outcome.debs, memo)
     result.notes += _conffile_notes(changes)
     layer = _write_patch_layer(ctx, changes, opts.compression)
-    new_image = _assemble(ctx, image, keep, layer, opts.compression, result.updated)
+    new_image = _assemble(ctx, image, keep, layer, opts.compression, result.updated, dest_ref)
     result.layer_size = layer[2]
     progress.step(f"Writing {dest_ref}")
     result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
@@ -459,6 +471,7 @@ def _from_cache(
         (hit.layer_digest, hit.diff_id, hit.layer_size),
         opts.compression,
         result.updated,
+        dest_ref,
     )
     result.layer_size = hit.layer_size
     progress.step(f"Writing {dest_ref}")
@@ -505,7 +518,10 @@ def _assemble(
     layer: tuple[str, str, int],
     compression: str,
     updated: list[tuple[str, str, str]],
+    dest_ref: ImageRef,
 ) -> Image:
+    """The patched image as it will be written (OCI when dest_ref or the layer needs it, so
+    its digest is the one the VEX names)."""
     digest, diff_id, size = layer
     desc = Descriptor(mt.layer_media_type(compression, image.is_docker), digest, size)
     summary = ", ".join(f"{n} {b}" for n, _, b in updated[:20])
@@ -514,9 +530,10 @@ def _assemble(
         "comment": "ocipatch",
     }
     labels = {LABEL_BASE_LAYERS: str(keep), LABEL_BASE_DIGEST: _original_digest(image, keep)}
-    return append_layer(
+    appended = append_layer(
         image, desc, diff_id, ctx.cache, history=history, labels=labels, keep_layers=keep
     )
+    return for_destination(appended, dest_ref)
 
 
 def _original_digest(image: Image, keep: int) -> str:

@@ -112,6 +112,7 @@ class DockerArchiveSource:
         self._what = str(ref)
         self._tar = _TarMembers(Path(ref.path), self._what)
         self._blobs: dict[str, str] = {}
+        self.repo_tag: str | None = None  # the image's NAME:TAG in RepoTags, once read
 
     def _entry(self) -> dict[str, Any]:
         try:
@@ -129,6 +130,7 @@ class DockerArchiveSource:
                 raise NotFoundError(
                     f"{self._what}: the archive holds {len(entries)} images; name one as FILE:NAME:TAG"
                 )
+            self.repo_tag = next(iter(entries[0].get("RepoTags") or []), None)
             return dict(entries[0])
         for entry in entries:
             for t in entry.get("RepoTags") or []:
@@ -137,6 +139,7 @@ class DockerArchiveSource:
                     or t.endswith("/" + self.ref.tag)
                     or t.split(":")[-1] == self.ref.tag
                 ):
+                    self.repo_tag = t
                     return dict(entry)
         raise NotFoundError(f"{self._what}: no image tagged {self.ref.tag!r}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -54,6 +54,15 @@ class Layer:
     @property
     def digest(self) -> str:
         return self.descriptor.digest
+
+    def with_media_type(self, media_type: str) -> Layer:
+        """The same blob under another media type (same digest: the bytes do not change)."""
+        other = Layer(
+            replace(self.descriptor, media_type=media_type), self.diff_id, self._source, self._cache
+        )
+        other._verified_path = self._verified_path
+        other._pending = self._pending
+        return other
 
     @property
     def compression(self) -> str:
@@ -115,6 +124,8 @@ class IndexInfo:
     media_type: str
     digest: str
     entry: Descriptor
+    # Child manifests by digest that the source does not hold (made by oci/convert.py).
+    children: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass

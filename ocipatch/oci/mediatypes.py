@@ -18,6 +18,7 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar"
 
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEXES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
@@ -27,8 +28,20 @@ ACCEPT_MANIFESTS = ", ".join(ALL_MANIFESTS)
 
 LAYERS_GZIP = (OCI_LAYER_GZIP, OCI_LAYER_ND_GZIP, DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN_GZIP)
 LAYERS_ZSTD = (OCI_LAYER_ZSTD, OCI_LAYER_ND_ZSTD)
-LAYERS_PLAIN = (OCI_LAYER, OCI_LAYER_ND, DOCKER_LAYER)
+LAYERS_PLAIN = (OCI_LAYER, OCI_LAYER_ND, DOCKER_LAYER, DOCKER_LAYER_FOREIGN)
 LAYERS = LAYERS_GZIP + LAYERS_ZSTD + LAYERS_PLAIN
+
+# Docker schema2 type -> its OCI equivalent (what `skopeo copy --format oci` writes). A layer
+# type missing from the keys (zstd) has no Docker spelling: its image must be OCI.
+DOCKER_TO_OCI = {
+    DOCKER_MANIFEST: OCI_MANIFEST,
+    DOCKER_MANIFEST_LIST: OCI_INDEX,
+    DOCKER_CONFIG: OCI_CONFIG,
+    DOCKER_LAYER_GZIP: OCI_LAYER_GZIP,
+    DOCKER_LAYER: OCI_LAYER,
+    DOCKER_LAYER_FOREIGN_GZIP: OCI_LAYER_ND_GZIP,
+    DOCKER_LAYER_FOREIGN: OCI_LAYER_ND,
+}
 
 
 def compression_of(media_type: str) -> str:
@@ -53,6 +66,7 @@ def layer_media_type(compression: str, docker: bool) -> str:
             return DOCKER_LAYER_GZIP
         if compression == "none":
             return DOCKER_LAYER
-        # Docker schema2 has no zstd layer type; registries and runtimes accept the OCI one.
+        # Docker schema2 has no zstd layer type: the image is converted to OCI when written
+        # (oci/convert.py).
         return OCI_LAYER_ZSTD
     return {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}[compression]

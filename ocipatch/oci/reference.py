@@ -26,6 +26,8 @@ _OTHER_TRANSPORTS = ("containers-storage", "dir", "docker-daemon", "ostree", "si
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+# The NAME of a docker-archive's NAME:TAG: a repository, maybe with a registry host[:port].
+_ARCHIVE_NAME = re.compile(rf"^(?:[\w.-]+(?::\d+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-fA-F0-9]{32,}$")
 _HOST = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::\d+)?$"
@@ -59,7 +61,10 @@ class ImageRef:
         return f"{self.registry}/{self.repository}"
 
     def with_tag(self, tag: str) -> ImageRef:
-        if not _TAG.match(tag):
+        """This reference with another tag; a docker-archive's tag may be NAME:TAG."""
+        archive = self.transport == "docker-archive"
+        name, sep, bare = tag.rpartition(":") if archive else ("", "", tag)
+        if not _TAG.match(bare) or (sep and not _ARCHIVE_NAME.match(name)):
             raise UsageError(f"invalid tag {tag!r}: use letters, digits, '_', '.', '-' (max 128)")
         return replace(self, tag=tag, digest=None)
 

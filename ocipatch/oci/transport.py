@@ -21,6 +21,7 @@ from ocipatch.oci.archive import (
     write_docker_archive,
 )
 from ocipatch.oci.cache import BlobCache
+from ocipatch.oci.convert import for_destination
 from ocipatch.oci.digest import VerifiedReader, sha256_bytes
 from ocipatch.oci.image import Image, Layer, Source, load_image
 from ocipatch.oci.layout import LayoutDestination, LayoutSource
@@ -28,6 +29,9 @@ from ocipatch.oci.reference import ImageRef
 from ocipatch.oci.registry import RegistryDestination, RegistrySource
 from ocipatch.oci.remote import RegistryOptions
 from ocipatch.oci.types import Descriptor, Platform
+
+# The repository name of a docker-archive made from an image that has none (an OCI layout).
+DEFAULT_ARCHIVE_NAME = "ocipatch/image"
 
 
 class Destination(Protocol):
@@ -88,7 +92,9 @@ def _blob_opener(source: Source | None, desc: Descriptor) -> Callable[[], Binary
 
 
 def write_image(image: Image, dest_ref: ImageRef, options: RegistryOptions) -> str:
-    """Write image to dest_ref; returns the digest the destination tag now names."""
+    """Write image to dest_ref; returns the digest the destination tag now names. The image is
+    converted to OCI media types first when the destination or a layer needs it."""
+    image = for_destination(image, dest_ref)
     if dest_ref.transport == "docker-archive":
         return _write_docker_archive(image, dest_ref)
     dest = _open_destination(dest_ref, options)
@@ -123,7 +129,7 @@ def _copy_siblings(image: Image, dest: Destination, new_digest: str) -> bytes:
             continue
         if source is None:
             continue
-        data = source.manifest(desc)
+        data = image.index.children.get(desc.digest) or source.manifest(desc)
         if desc.media_type in mt.MANIFESTS:
             child = json.loads(data)
             blobs = [child.get("config"), *(child.get("layers") or [])]
@@ -143,14 +149,32 @@ def _copy_siblings(image: Image, dest: Destination, new_digest: str) -> bytes:
 
 
 def _write_docker_archive(image: Image, dest_ref: ImageRef) -> str:
-    tag = dest_ref.tag
-    if tag and ":" not in tag:
-        src = image.ref
-        name = src.name if src.is_registry else "ocipatch/image"
-        tag = f"{name}:{tag}"
+    tag = archive_repo_tag(image, dest_ref.tag)
     layers = [(layer.diff_id, None, _tar_opener(layer)) for layer in image.layers]
     write_docker_archive(Path(dest_ref.path), tag, image.config_bytes, layers)
     return sha256_bytes(image.config_bytes)
+
+
+def archive_repo_tag(image: Image, tag: str | None) -> str | None:
+    """The RepoTags entry of a docker-archive written from image: NAME:TAG as given; a bare
+    TAG under the source's name; no tag: the source's own name and tag (None if it has none)."""
+    name, own = _source_name_tag(image)
+    tag = tag or own
+    if not tag:
+        return None
+    return tag if ":" in tag else f"{name}:{tag}"
+
+
+def _source_name_tag(image: Image) -> tuple[str, str | None]:
+    """The source's repository name (DEFAULT_ARCHIVE_NAME when it has none) and its tag."""
+    src = image.ref
+    if src.is_registry:
+        return src.name, src.tag
+    repo_tag = image.source.repo_tag if isinstance(image.source, DockerArchiveSource) else None
+    if repo_tag and ":" in repo_tag:
+        name, _, tag = repo_tag.rpartition(":")
+        return name, tag
+    return DEFAULT_ARCHIVE_NAME, src.tag
 
 
 def _tar_opener(layer: Layer) -> Callable[[], BinaryIO]:
