@@ -220,6 +220,11 @@ def _parse_mirror(text: str) -> tuple[str, str]:
 )
 @click.option("-t", "--tag", help="Destination: a bare tag (same repository) or a full reference.")
 @click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Let the destination be the source itself (replaced atomically, old digest reported).",
+)
+@click.option(
     "--tag-suffix",
     default="patched",
     show_default=True,
@@ -269,6 +274,7 @@ def patch(
     image: str,
     report: Path | None,
     tag: str | None,
+    overwrite: bool,
     tag_suffix: str,
     vex: Path | None,
     as_json: bool,
@@ -302,6 +308,7 @@ def patch(
         image=image,
         report=report,
         tag=tag,
+        overwrite=overwrite,
         tag_suffix=tag_suffix,
         vex=vex,
         ignore_errors=ignore_errors,
@@ -334,6 +341,8 @@ def _print_result(result: Any) -> None:
         click.echo(f"updated {name} {old or '(new)'} -> {new}")
     for name, reason in result.skipped:
         click.echo(f"skipped {name}: {reason}")
+    if result.replaced:
+        click.echo(f"replaced {result.replaced[0]}, which named {result.replaced[1]}")
     if result.status == "up-to-date":
         click.echo(f"{result.source} is up to date")
     else:

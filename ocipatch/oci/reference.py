@@ -25,7 +25,8 @@ _OTHER_TRANSPORTS = ("containers-storage", "dir", "docker-daemon", "ostree", "si
 # what a CLI user types: lowercase path components separated by '/', tag up to 128 chars.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+# The OCI distribution spec's tag grammar, ASCII only (\w would admit any Unicode letter).
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-fA-F0-9]{32,}$")
 _HOST = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::\d+)?$"
@@ -59,8 +60,7 @@ class ImageRef:
         return f"{self.registry}/{self.repository}"
 
     def with_tag(self, tag: str) -> ImageRef:
-        if not _TAG.match(tag):
-            raise UsageError(f"invalid tag {tag!r}: use letters, digits, '_', '.', '-' (max 128)")
+        check_tag(tag)
         return replace(self, tag=tag, digest=None)
 
     def with_digest(self, digest: str) -> ImageRef:
@@ -75,6 +75,18 @@ class ImageRef:
                 s += f"@{self.digest}"
             return s
         return f"{self.transport}:{self.path}" + (f":{self.tag}" if self.tag else "")
+
+
+def is_valid_tag(tag: str) -> bool:
+    return _TAG.fullmatch(tag) is not None
+
+
+def check_tag(tag: str, what: str = "tag") -> None:
+    if not is_valid_tag(tag):
+        raise UsageError(
+            f"invalid {what} {tag!r}: a tag is 1-128 of letters, digits, '_', '.', '-' "
+            "and does not start with '.' or '-'"
+        )
 
 
 def parse_reference(text: str) -> ImageRef:
@@ -125,7 +137,7 @@ def _parse_registry(text: str, original: str) -> ImageRef:
     last = name.rsplit("/", 1)[-1]
     if ":" in last:
         name, _, tag = name.rpartition(":")
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise UsageError(f"invalid tag {tag!r} in {original!r}")
     parts = name.split("/", 1)
     if len(parts) == 2 and (
