@@ -173,6 +173,7 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     src_ref = parse_reference(opts.image)
     dest_ref = destination_for(src_ref, opts.tag, opts.tag_suffix)
     clash = guard(src_ref, dest_ref, ctx.registry_options, overwrite=opts.overwrite)
+    dest_ref = clash.target(dest_ref) if clash is not None else dest_ref
     if opts.compression not in ("gzip", "zstd"):
         raise UsageError(f"--compression {opts.compression}: use gzip or zstd")
     report = load_report(opts.report) if opts.report is not None else None

@@ -19,7 +19,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ocipatch.errors import ImageFormatError, NotFoundError, UsageError
@@ -44,6 +44,14 @@ class Clash:
 
     why: str
     digest: str | None = None
+    tag: str | None = None  # an untagged layout destination replaces the entry of this tag
+
+    def target(self, dest: ImageRef) -> ImageRef:
+        """Where --overwrite writes: `oci:DIR` naming the layout's only image replaces that
+        image's entry (its tag), rather than adding an untagged one beside it."""
+        if self.tag and dest.transport == "oci" and dest.tag is None:
+            return replace(dest, tag=self.tag)
+        return dest
 
 
 def guard(
@@ -220,7 +228,7 @@ def _layout_clash(src: ImageRef, dest: ImageRef) -> Clash | None:
         why = "is the source image (the layout's only image)"
     else:
         why = f"is the source image (same layout directory, tag {dest.tag})"
-    return Clash(why, source.digest)
+    return Clash(why, source.digest, source.annotations.get(REF_NAME))
 
 
 def _inside_layout(src: ImageRef, dest: ImageRef) -> Clash | None:
