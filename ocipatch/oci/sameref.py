@@ -151,6 +151,8 @@ def _repo(ref: ImageRef) -> str:
 def _registry_clash(src: ImageRef, dest: ImageRef, lookup: TagLookup) -> Clash | None:
     if not dest.tag or not same_repository(src, dest):
         return None
+    # Asked through the source's spelling of the registry: the one known to answer.
+    dest = replace(dest, registry=src.registry, repository=src.repository)
     if src.tag == dest.tag:
         named = lookup(dest) if src.digest else None  # the tag may have moved since
         return Clash(
