@@ -78,7 +78,8 @@ def tree(root: Path) -> dict[str, tuple[str, int]]:
 
 
 def temp_files(directory: Path) -> list[Path]:
-    return [p for p in directory.rglob(".tmp-*")]
+    """What a write leaves beside its target while it runs (a file or an archive's layout)."""
+    return [*directory.rglob(".tmp-*"), *directory.rglob(".ocipatch-*")]
 
 
 def new_file_mode() -> int:
@@ -511,14 +512,16 @@ def test_failed_overwrite_leaves_the_layout(tiny: Tiny, tmp_path: Path) -> None:
     assert not temp_files(tiny.layout)
 
 
-def test_failed_overwrite_leaves_the_archive(tiny: Tiny, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["docker-archive", "oci-archive"])
+def test_failed_overwrite_leaves_the_archive(tiny: Tiny, tmp_path: Path, transport: str) -> None:
     cache = tmp_path / "c"
     _corrupt_cached_patch_layer(tiny, tmp_path, cache)
     archive = tmp_path / "image.tar"
-    skopeo_copy(f"oci:{tiny.layout}:v1", f"docker-archive:{archive}:ow/tiny:v1")
+    tag = ":ow/tiny:v1" if transport == "docker-archive" else ":v1"
+    skopeo_copy(f"oci:{tiny.layout}:v1", f"{transport}:{archive}{tag}")
     archive.chmod(0o640)
     before = tree(archive)
-    src = f"docker-archive:{archive}"
+    src = f"{transport}:{archive}{tag}"
     r = patch(tiny, src, "-t", src, "--overwrite", cache=cache)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert tree(archive) == before

@@ -236,7 +236,10 @@ class OciArchiveDestination(LayoutDestination):
                         with p.open("rb") as src:
                             _add_file(tar, name, p.stat().st_size, src)
         finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def write_docker_archive(

@@ -143,3 +143,6 @@ class LayoutDestination:
 
     def close(self) -> None:
         return None
+
+    def discard(self) -> None:
+        return None  # blobs are harmless; index.json, the only thing that names them, is untouched
