@@ -172,19 +172,23 @@ def _print_inspect(info: dict[str, Any]) -> None:
 @main.command()
 @click.argument("source")
 @click.argument("destination")
+@click.option("--overwrite", is_flag=True, help="Let DESTINATION be SOURCE itself.")
 @registry_options
 @handle_errors
-def copy(source: str, destination: str, **kwargs: Any) -> None:
+def copy(source: str, destination: str, overwrite: bool, **kwargs: Any) -> None:
     """Copy an image between transports (registry, oci:, oci-archive:, docker-archive:).
 
     Useful to stage tooling images for air-gapped hosts. Blobs already present are skipped.
     """
     from ocipatch.oci.reference import parse_reference
+    from ocipatch.oci.sameref import guard
     from ocipatch.oci.transport import write_image
 
     ctx = build_context(kwargs)
     src = parse_reference(source)
     dst = parse_reference(destination)
+    clash = guard(src, dst, ctx.registry_options, overwrite=overwrite, option="DESTINATION")
+    dst = clash.target(dst) if clash is not None else dst
     img = ctx.open_image(src)
     digest = write_image(img, dst, ctx.registry_options)
     click.echo(digest)

@@ -557,3 +557,25 @@ def test_killed_overwrite_leaves_the_archive(padded: Tiny, tmp_path: Path) -> No
     proc.wait()
     assert killed, "the run ended before its write could be interrupted"
     assert tree(archive) == before
+
+
+def test_copy_onto_its_source_archive(archives: dict[str, Path], tmp_path: Path) -> None:
+    """copy writes a one-image archive: another tag in the same file would drop the source."""
+    oci = archives["oci"]
+    before = tree(oci)
+    r = run(
+        "copy", f"oci-archive:{oci}:v1", f"oci-archive:{oci}:v2", "--cache-dir", str(tmp_path / "c")
+    )
+    assert_refused(r)
+    assert tree(oci) == before
+    r = run(
+        "copy",
+        f"oci-archive:{oci}:v1",
+        f"oci-archive:{oci}:v2",
+        "--overwrite",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert layer_count(f"oci-archive:{oci}:v2") == 2
+    assert stat.S_IMODE(oci.stat().st_mode) == 0o640

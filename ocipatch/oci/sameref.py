@@ -55,7 +55,12 @@ class Clash:
 
 
 def guard(
-    src: ImageRef, dest: ImageRef, options: RegistryOptions, *, overwrite: bool
+    src: ImageRef,
+    dest: ImageRef,
+    options: RegistryOptions,
+    *,
+    overwrite: bool,
+    option: str = "-t",
 ) -> Clash | None:
     """Refuse (UsageError) a destination that is the source unless `overwrite`; return the
     clash so the caller can report what was replaced."""
@@ -63,7 +68,8 @@ def guard(
     clash = find_clash(src, dest, registry_lookup(options))
     if clash is not None and not overwrite:
         raise UsageError(
-            f"the destination {dest} {clash.why}: pick another -t, or pass --overwrite to replace it"
+            f"the destination {dest} {clash.why}: pick another {option}, or pass --overwrite "
+            "to replace it"
         )
     return clash
 
