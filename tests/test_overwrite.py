@@ -10,9 +10,11 @@ two seconds each). Registry state is read back with skopeo, files byte for byte.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -163,6 +165,29 @@ def test_registry_spellings_refused(
     assert sha(skopeo_raw(f"docker://{pushed.app}:1.2")) == pushed.digest
     assert sha(skopeo_raw(f"docker://{pushed.multi}:1")) == pushed.index_digest
     assert not (tmp_path / "blobs").exists()
+
+
+def test_host_name_of_loopback_refused(pushed: Pushed, registry: Any, tmp_path: Path) -> None:
+    """The host's own name, when it resolves only to loopback, reaches this registry too."""
+    name = socket.gethostname()
+    try:
+        found = {i[4][0].split("%")[0] for i in socket.getaddrinfo(name, int(pushed.port))}
+    except OSError:
+        pytest.skip("the host name does not resolve")
+    if not all(ipaddress.ip_address(a).is_loopback for a in found):
+        pytest.skip(f"{name} resolves to {found}, not only loopback")
+    for src in (f"{pushed.app}:1.2", f"{pushed.app}@{pushed.digest}"):
+        r = run(
+            "patch",
+            "-i",
+            src,
+            "-t",
+            f"{name}:{pushed.port}/ow/app:1.2",
+            "--cache-dir",
+            str(tmp_path),
+        )
+        assert_refused(r)
+    assert sha(skopeo_raw(f"docker://{pushed.app}:1.2")) == pushed.digest
 
 
 def test_digest_source_to_another_tag_is_allowed_by_the_check(

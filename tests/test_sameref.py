@@ -5,8 +5,10 @@ the real registry in tests/test_overwrite.py); layouts and archives are real fil
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,21 @@ def test_registry_spellings_clash(src: str, dest: str) -> None:
 )
 def test_registry_other_destinations(src: str, dest: str) -> None:
     assert not clash(src, dest)
+
+
+def test_host_names_of_loopback() -> None:
+    """A name that resolves only to loopback (here the host's own name when /etc/hosts maps it
+    so) is the loopback registry on the same port."""
+    name = socket.gethostname()
+    try:
+        addresses = {i[4][0] for i in socket.getaddrinfo(name, None)}
+    except OSError:
+        pytest.skip("the host name does not resolve")
+    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        pytest.skip(f"{name} resolves to {addresses}, not only loopback")
+    assert clash("127.0.0.1:5000/app:1.2", f"{name}:5000/app:1.2")
+    assert not clash("127.0.0.1:5000/app:1.2", f"{name}:5001/app:1.2")
+    assert not clash("127.0.0.1:5000/app:1.2", "nonexistent.invalid:5000/app:1.2")
 
 
 def test_digest_source_asks_the_registry() -> None:

@@ -143,8 +143,30 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+def same_registry(a: str, b: str) -> bool:
+    """Equal identities, or two names on one port that both resolve only to loopback addresses
+    (a host name in /etc/hosts, ip6-localhost): asked only when all else already matches."""
+    ia, ib = registry_identity(a), registry_identity(b)
+    if ia == ib:
+        return True
+    return ia[1] == ib[1] and _resolves_to_loopback(ia[0]) and _resolves_to_loopback(ib[0])
+
+
+def _resolves_to_loopback(host: str) -> bool:
+    if host == LOOPBACK:
+        return True
+    if host == DOCKER_HUB[0] or _ip(host) is not None:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    ips = {_ip(str(info[4][0]).split("%", 1)[0]) for info in infos}
+    return bool(ips) and all(ip is not None and (ip.is_loopback or ip.is_unspecified) for ip in ips)
+
+
 def same_repository(a: ImageRef, b: ImageRef) -> bool:
-    return registry_identity(a.registry) == registry_identity(b.registry) and _repo(a) == _repo(b)
+    return _repo(a) == _repo(b) and same_registry(a.registry, b.registry)
 
 
 def _repo(ref: ImageRef) -> str:
@@ -155,7 +177,7 @@ def _repo(ref: ImageRef) -> str:
 
 
 def _registry_clash(src: ImageRef, dest: ImageRef, lookup: TagLookup) -> Clash | None:
-    if not dest.tag or not same_repository(src, dest):
+    if not dest.tag or (src.tag != dest.tag and not src.digest) or not same_repository(src, dest):
         return None
     # Asked through the source's spelling of the registry: the one known to answer.
     dest = replace(dest, registry=src.registry, repository=src.repository)
