@@ -37,7 +37,7 @@ from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.image import Image
 from ocipatch.oci.mutate import append_layer
 from ocipatch.oci.reference import ImageRef, check_tag, parse_reference
-from ocipatch.oci.sameref import Clash, guard
+from ocipatch.oci.sameref import Clash, check_output_file, guard
 from ocipatch.oci.transport import write_image
 from ocipatch.oci.types import Descriptor
 from ocipatch.progress import Progress
@@ -174,6 +174,8 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     dest_ref = destination_for(src_ref, opts.tag, opts.tag_suffix)
     clash = guard(src_ref, dest_ref, ctx.registry_options, overwrite=opts.overwrite)
     dest_ref = clash.target(dest_ref) if clash is not None else dest_ref
+    if opts.vex is not None:
+        check_output_file(opts.vex, "--vex", src_ref, dest_ref)
     if opts.compression not in ("gzip", "zstd"):
         raise UsageError(f"--compression {opts.compression}: use gzip or zstd")
     report = load_report(opts.report) if opts.report is not None else None

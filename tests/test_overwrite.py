@@ -604,3 +604,22 @@ def test_copy_onto_its_source_archive(archives: dict[str, Path], tmp_path: Path)
     assert r.returncode == 0, r.stderr
     assert layer_count(f"oci-archive:{oci}:v2") == 2
     assert stat.S_IMODE(oci.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    ("src", "dest", "vex"),
+    [
+        ("docker-archive:a.tar", "docker-archive:out.tar", "a.tar"),
+        ("docker-archive:a.tar", "docker-archive:out.tar", "out.tar"),
+        ("oci:layout:v1", "v2", "layout/index.json"),
+        ("oci:layout:v1", "oci:elsewhere:v1", "link/oci-layout"),
+    ],
+)
+def test_vex_never_lands_on_an_image(
+    archives: dict[str, Path], layout: Path, tmp_path: Path, src: str, dest: str, vex: str
+) -> None:
+    before = {"layout": tree(layout), **{k: tree(p) for k, p in archives.items()}}
+    args = ["-i", src, "-t", dest, "--vex", vex, "--cache-dir", str(tmp_path / "c")]
+    r = run("patch", *args, cwd=tmp_path)
+    assert_refused(r, "--vex")
+    assert {"layout": tree(layout), **{k: tree(p) for k, p in archives.items()}} == before

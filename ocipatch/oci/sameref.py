@@ -74,6 +74,16 @@ def guard(
     return clash
 
 
+def check_output_file(path: Path, option: str, *images: ImageRef) -> None:
+    """Another file the run writes (--vex) must not land on an image: an archive, or a layout's
+    index.json, oci-layout or blobs."""
+    for ref in images:
+        if ref.transport in FILE_TRANSPORTS and same_path(str(path), ref.path):
+            raise UsageError(f"{option} {path} is the image file {ref}: write it elsewhere")
+        if ref.transport == "oci" and _in_layout(Path(ref.path), path):
+            raise UsageError(f"{option} {path} is a file of the layout {ref}: write it elsewhere")
+
+
 def check_destination(dest: ImageRef) -> None:
     """What makes a destination unwritable, found before any work rather than after it."""
     if dest.is_registry and dest.digest:
@@ -262,9 +272,14 @@ def _layout_clash(src: ImageRef, dest: ImageRef) -> Clash | None:
 
 
 def _inside_layout(src: ImageRef, dest: ImageRef) -> Clash | None:
-    root = Path(os.path.realpath(src.path))
-    target = Path(os.path.realpath(dest.path))
-    own = (root / "index.json", root / "oci-layout")
-    if target in own or target.is_relative_to(root / "blobs"):
+    if _in_layout(Path(src.path), Path(dest.path)):
         return Clash(f"is a file of the source layout {src.path}")
     return None
+
+
+def _in_layout(layout: Path, path: Path) -> bool:
+    root = Path(os.path.realpath(layout))
+    target = Path(os.path.realpath(path))
+    return target in (root / "index.json", root / "oci-layout") or target.is_relative_to(
+        root / "blobs"
+    )
