@@ -172,7 +172,9 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     started = time.monotonic()
     src_ref = parse_reference(opts.image)
     dest_ref = destination_for(src_ref, opts.tag, opts.tag_suffix)
-    clash = guard(src_ref, dest_ref, ctx.registry_options, overwrite=opts.overwrite)
+    clash = guard(
+        src_ref, dest_ref, ctx.registry_options, overwrite=opts.overwrite or _repatch(opts, src_ref)
+    )
     dest_ref = clash.target(dest_ref) if clash is not None else dest_ref
     if opts.vex is not None:
         check_output_file(opts.vex, "--vex", src_ref, dest_ref)
@@ -195,12 +197,23 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     return _replaced(result, clash)
 
 
+def _repatch(opts: PatchOptions, src_ref: ImageRef) -> bool:
+    """No -t and a tag already ending in the suffix: the documented re-patch in place of a
+    registry tag or layout entry (only that tag moves; the output names what it named)."""
+    return (
+        opts.tag is None
+        and (src_ref.is_registry or src_ref.transport == "oci")
+        and bool(src_ref.tag)
+        and str(src_ref.tag).endswith(f"-{opts.tag_suffix}")
+    )
+
+
 def _replaced(result: PatchResult, clash: Clash | None) -> PatchResult:
     """--overwrite replaced the source: say which digest the destination named before."""
     if clash is not None and result.image is not None:
         old = clash.digest or result.source_digest
         result.replaced = (str(result.image), old)
-        result.notes.append(f"replaced {result.image} (it named {old} before; --overwrite)")
+        result.notes.append(f"replaced {result.image}, which named {old} before")
     return result
 
 

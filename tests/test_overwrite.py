@@ -623,3 +623,18 @@ def test_vex_never_lands_on_an_image(
     r = run("patch", *args, cwd=tmp_path)
     assert_refused(r, "--vex")
     assert {"layout": tree(layout), **{k: tree(p) for k, p in archives.items()}} == before
+
+
+def test_repatch_in_place_is_the_documented_default(tiny: Tiny, tmp_path: Path) -> None:
+    """No -t on a tag already ending in -patched: that tag is updated (the documented default)
+    and the output names what it named before; an explicit -t of it still needs --overwrite."""
+    skopeo_copy(f"oci:{tiny.layout}:v1", f"oci:{tiny.layout}:v1-patched")
+    src = f"oci:{tiny.layout}:v1-patched"
+    cache = tmp_path / "c"
+    assert_refused(patch(tiny, src, "-t", "v1-patched", cache=cache))
+    r = patch(tiny, src, "--json", cache=cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "patched"
+    assert out["replaced"] == {"reference": src, "digest": tiny.digest}
+    assert index_tags(tiny.layout) == {"v1": tiny.digest, "v1-patched": out["image"]["digest"]}
