@@ -466,11 +466,14 @@ def test_overwrite_archive_keeps_mode(tiny: Tiny, tmp_path: Path, transport: str
     tag = ":ow/tiny:v1" if transport == "docker-archive" else ":v1"
     skopeo_copy(f"oci:{tiny.layout}:v1", f"{transport}:{archive}{tag}")
     archive.chmod(0o640)
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(archive, *owner)  # as root: someone else's file stays theirs
     src = f"{transport}:{archive}"
     r = patch(tiny, src, "-t", f"{transport}:{archive}{tag}", "--overwrite", cache=tmp_path / "c")
     assert r.returncode == 0, r.stderr
     assert "replaced" in r.stdout and "which named sha256:" in r.stdout
-    assert stat.S_IMODE(archive.stat().st_mode) == 0o640
+    st = archive.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == owner
     assert layer_count(src) == 2
     assert not temp_files(tmp_path)
 

@@ -31,20 +31,25 @@ def target_of(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Write path's new content; it keeps the old file's mode (a new file: 0644 & ~umask)."""
+    """Write path's new content; it keeps the old file's mode and, where allowed, its owner
+    (a new file: 0644 & ~umask, the caller's owner)."""
     target = target_of(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        old: os.stat_result | None = os.stat(target)
     except FileNotFoundError:
-        mode = NEW_FILE_MODE & ~umask()
+        old = None
+    mode = stat.S_IMODE(old.st_mode) if old is not None else NEW_FILE_MODE & ~umask()
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-            os.fchmod(f.fileno(), mode)
+            if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
+            os.fchmod(f.fileno(), mode)  # after fchown, which may clear set-id bits
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

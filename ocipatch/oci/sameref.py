@@ -1,9 +1,9 @@
 """Does a destination resolve to the source? `patch` asks before any work, so that `-t` naming
 the source, in any spelling, never replaces it unless the user passes --overwrite.
 
-- Registries: the same normalised host (localhost, 127.0.0.0/8, ::1 and 0.0.0.0 on one port
-  are one host; docker.io, index.docker.io and registry-1.docker.io are one), repository and
-  tag. A source named by digest is also the destination when the destination tag names that
+- Registries: the same normalised host (localhost, 127.0.0.0/8, ::1, 0.0.0.0 and names that
+  resolve only to loopback are one host on one port; docker.io, index.docker.io and
+  registry-1.docker.io are one), repository and tag. A source named by digest is also the destination when the destination tag names that
   digest now, or an index listing it: one GET of the tag answers that.
 - OCI layouts: the same directory (by inode, so relative, absolute, `dir/` and symlinked
   spellings agree) and a destination that, read as a source, picks the source's entry.
