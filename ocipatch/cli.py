@@ -172,19 +172,23 @@ def _print_inspect(info: dict[str, Any]) -> None:
 @main.command()
 @click.argument("source")
 @click.argument("destination")
+@click.option("--overwrite", is_flag=True, help="Let DESTINATION be SOURCE itself.")
 @registry_options
 @handle_errors
-def copy(source: str, destination: str, **kwargs: Any) -> None:
+def copy(source: str, destination: str, overwrite: bool, **kwargs: Any) -> None:
     """Copy an image between transports (registry, oci:, oci-archive:, docker-archive:).
 
     Useful to stage tooling images for air-gapped hosts. Blobs already present are skipped.
     """
     from ocipatch.oci.reference import parse_reference
+    from ocipatch.oci.sameref import guard
     from ocipatch.oci.transport import write_image
 
     ctx = build_context(kwargs)
     src = parse_reference(source)
     dst = parse_reference(destination)
+    clash = guard(src, dst, ctx.registry_options, overwrite=overwrite, option="DESTINATION")
+    dst = clash.target(dst) if clash is not None else dst
     img = ctx.open_image(src)
     digest = write_image(img, dst, ctx.registry_options)
     click.echo(digest)
@@ -219,6 +223,11 @@ def _parse_mirror(text: str) -> tuple[str, str]:
     help="Trivy JSON or copa native report; without it, every upgradable package is updated.",
 )
 @click.option("-t", "--tag", help="Destination: a bare tag (same repository) or a full reference.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Let the destination be the source itself (replaced atomically, old digest reported).",
+)
 @click.option(
     "--tag-suffix",
     default="patched",
@@ -269,6 +278,7 @@ def patch(
     image: str,
     report: Path | None,
     tag: str | None,
+    overwrite: bool,
     tag_suffix: str,
     vex: Path | None,
     as_json: bool,
@@ -302,6 +312,7 @@ def patch(
         image=image,
         report=report,
         tag=tag,
+        overwrite=overwrite,
         tag_suffix=tag_suffix,
         vex=vex,
         ignore_errors=ignore_errors,
@@ -334,6 +345,8 @@ def _print_result(result: Any) -> None:
         click.echo(f"updated {name} {old or '(new)'} -> {new}")
     for name, reason in result.skipped:
         click.echo(f"skipped {name}: {reason}")
+    if result.replaced:
+        click.echo(f"replaced {result.replaced[0]}, which named {result.replaced[1]}")
     if result.status == "up-to-date":
         click.echo(f"{result.source} is up to date")
     else:

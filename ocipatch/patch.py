@@ -37,7 +37,8 @@ from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.convert import for_destination
 from ocipatch.oci.image import Image
 from ocipatch.oci.mutate import append_layer
-from ocipatch.oci.reference import ImageRef, parse_reference
+from ocipatch.oci.reference import ImageRef, check_tag, parse_reference
+from ocipatch.oci.sameref import Clash, check_output_file, guard
 from ocipatch.oci.transport import write_image
 from ocipatch.oci.types import Descriptor
 from ocipatch.progress import Progress
@@ -68,6 +69,7 @@ class PatchOptions:
     repo_mirrors: list[tuple[str, str]] = field(default_factory=list)
     insecure_repos: bool = False
     tooling_image: str | None = None  # distroless: the image whose apt/dpkg does the work
+    overwrite: bool = False  # let -t name the source (ocipatch.oci.sameref)
 
 
 @dataclass
@@ -84,6 +86,7 @@ class PatchResult:
     plan: Plan | None = None
     seconds: float = 0.0
     layer_size: int = 0
+    replaced: tuple[str, str] | None = None  # (reference, digest it named before): --overwrite
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -97,6 +100,11 @@ class PatchResult:
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "vulnerabilities_fixed": self.vulnerabilities_fixed,
             "notes": self.notes,
+            "replaced": (
+                {"reference": self.replaced[0], "digest": self.replaced[1]}
+                if self.replaced
+                else None
+            ),
             "seconds": round(self.seconds, 2),
         }
         if self.plan is not None and self.status == "dry-run":
@@ -106,7 +114,9 @@ class PatchResult:
 
 def destination_for(source: ImageRef, tag: str | None, suffix: str) -> ImageRef:
     """-t as a full reference, a bare tag, or nothing: `<tag>-<suffix>` beside the source."""
-    if tag:
+    if tag is not None:
+        if not tag.strip():
+            raise UsageError("-t is empty: give a tag or a full reference, or leave -t out")
         if (
             any(tag.startswith(t + ":") for t in ("oci", "oci-archive", "docker-archive", "docker"))
             or "/" in tag
@@ -124,6 +134,9 @@ def destination_for(source: ImageRef, tag: str | None, suffix: str) -> ImageRef:
 
 def derived_tag(source: ImageRef, suffix: str, hint: str) -> str:
     """The source's tag + `-<suffix>`; a tag already ending in the suffix is kept."""
+    if not suffix.strip():
+        raise UsageError("--tag-suffix is empty: give a suffix, e.g. --tag-suffix patched")
+    check_tag(suffix, "--tag-suffix")
     base = source.tag
     if not base:
         raise UsageError(f"{source} has no tag to derive the patched tag from: pass {hint}")
@@ -171,6 +184,12 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     started = time.monotonic()
     src_ref = parse_reference(opts.image)
     dest_ref = destination_for(src_ref, opts.tag, opts.tag_suffix)
+    # A re-patch of a tag already ending in the suffix derives the source itself: refused like
+    # any other destination that is the source, unless --overwrite says to move that tag.
+    clash = guard(src_ref, dest_ref, ctx.registry_options, overwrite=opts.overwrite)
+    dest_ref = clash.target(dest_ref) if clash is not None else dest_ref
+    if opts.vex is not None:
+        check_output_file(opts.vex, "--vex", src_ref, dest_ref)
     if opts.compression not in ("gzip", "zstd"):
         raise UsageError(f"--compression {opts.compression}: use gzip or zstd")
     report = load_report(opts.report) if opts.report is not None else None
@@ -186,7 +205,17 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
         progress.done("Nothing to patch: the report lists no package with a fixed version")
         return result
     with contextlib.ExitStack() as stack:
-        return _patch(ctx, opts, progress, image, stack, started, src_ref, dest_ref, report)
+        result = _patch(ctx, opts, progress, image, stack, started, src_ref, dest_ref, report)
+    return _replaced(result, clash)
+
+
+def _replaced(result: PatchResult, clash: Clash | None) -> PatchResult:
+    """--overwrite replaced the source: say which digest the destination named before."""
+    if clash is not None and result.image is not None:
+        old = clash.digest or result.source_digest
+        result.replaced = (str(result.image), old)
+        result.notes.append(f"replaced {result.image}, which named {old} before")
+    return result
 
 
 def _patch(

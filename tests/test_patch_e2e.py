@@ -166,13 +166,19 @@ def test_patch_then_repatch(image: dict[str, Any], work: Path) -> None:
 
     # Patch the patched image with the whole report: still one patch layer, now with all fixes.
     full = write_report(work / "full.json", image, None)
-    again = patch_json("-i", out["image"]["reference"], "-r", str(full), "--cache-dir", str(cache))
+    # The derived destination is the source itself: refused unless --overwrite moves that tag.
+    refused = ocipatch("patch", "-i", out["image"]["reference"], "-r", str(full),
+                       "--cache-dir", str(cache))  # fmt: skip
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr, refused.stderr
+    again = patch_json("-i", out["image"]["reference"], "-r", str(full), "--overwrite",
+                       "--cache-dir", str(cache))  # fmt: skip
     assert again["status"] == "patched"
     assert again["image"]["reference"] == out["image"]["reference"]
     check_patched(image, again["image"]["reference"], image["needed"], work / "check2")
 
     # The same patch again is up to date: exit 0, nothing new written.
-    same = patch_json("-i", again["image"]["reference"], "-r", str(full), "--cache-dir", str(cache))
+    same = patch_json("-i", again["image"]["reference"], "-r", str(full), "-t", "12-same",
+                      "--cache-dir", str(cache))  # fmt: skip
     assert same["status"] == "up-to-date"
 
 

@@ -8,19 +8,19 @@ it into place: a failed write leaves any existing archive untouched.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ocipatch.errors import ImageFormatError, NotFoundError
 from ocipatch.oci import mediatypes as mt
+from ocipatch.oci.atomic import atomic_file, target_of
 from ocipatch.oci.cache import CHUNK
 from ocipatch.oci.digest import sha256_bytes, verify_bytes
 from ocipatch.oci.layout import LayoutDestination, pick_entry
@@ -199,20 +199,6 @@ class DockerArchiveSource:
         return None
 
 
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _add_file(tar: tarfile.TarFile, name: str, size: int, stream: BinaryIO) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o644, 0
@@ -230,15 +216,16 @@ class OciArchiveDestination(LayoutDestination):
 
     def __init__(self, path: Path, tag: str | None) -> None:
         self._target = path
+        parent = target_of(path).parent
         self._tmp = Path(
-            tempfile.mkdtemp(prefix=".ocipatch-", dir=path.parent if path.parent.exists() else None)
+            tempfile.mkdtemp(prefix=".ocipatch-", dir=parent if parent.exists() else None)
         )
         super().__init__(self._tmp, tag)
 
     def close(self) -> None:
         try:
             with (
-                _atomic_file(self._target) as f,
+                atomic_file(self._target) as f,
                 tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar,
             ):
                 for dirpath, dirnames, filenames in sorted(os.walk(self._tmp)):
@@ -252,7 +239,10 @@ class OciArchiveDestination(LayoutDestination):
                         with p.open("rb") as src:
                             _add_file(tar, name, p.stat().st_size, src)
         finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def write_docker_archive(
@@ -267,13 +257,13 @@ def write_docker_archive(
     config_name = config_digest.split(":", 1)[1] + ".json"
     layer_names = []
     with (
-        _atomic_file(path) as f,
+        atomic_file(path) as f,
         tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar,
     ):
         for diff_id, _size, opener in layers:
             name = diff_id.split(":", 1)[1] + ".tar"
             if name not in layer_names:
-                with tempfile.TemporaryFile(dir=path.parent) as spool:
+                with tempfile.TemporaryFile(dir=target_of(path).parent) as spool:
                     with opener() as src:
                         shutil.copyfileobj(src, spool, CHUNK)
                     n = spool.tell()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ocipatch.errors import ImageFormatError, NotFoundError
 from ocipatch.oci import mediatypes as mt
+from ocipatch.oci.atomic import atomic_file, atomic_write
 from ocipatch.oci.cache import CHUNK
 from ocipatch.oci.digest import VerifiedReader, verify_bytes
 from ocipatch.oci.reference import ImageRef
@@ -107,19 +106,11 @@ class LayoutDestination:
         dest = blob_path(self.root, desc.digest)
         if dest.is_file():
             return "exists"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, opener() as raw:
-                reader = VerifiedReader(raw, desc.digest, desc.size)
-                while chunk := reader.read(CHUNK):
-                    out.write(chunk)
-                reader.finish()
-            os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(dest) as out, opener() as raw:
+            reader = VerifiedReader(raw, desc.digest, desc.size)
+            while chunk := reader.read(CHUNK):
+                out.write(chunk)
+            reader.finish()
         self.blobs_written += 1
         return "uploaded"
 
@@ -131,7 +122,7 @@ class LayoutDestination:
         self.root.mkdir(parents=True, exist_ok=True)
         layout = self.root / "oci-layout"
         if not layout.exists():
-            _atomic_write(layout, json.dumps(LAYOUT_FILE).encode())
+            atomic_write(layout, json.dumps(LAYOUT_FILE).encode())
         index_path = self.root / "index.json"
         if index_path.exists():
             index = read_index(self.root, f"oci:{self.root}")
@@ -148,14 +139,10 @@ class LayoutDestination:
         else:
             keep = [m for m in index.get("manifests", []) if m.get("digest") != digest]
         index["manifests"] = [*keep, entry]
-        _atomic_write(index_path, json.dumps(index, indent=2).encode() + b"\n")
+        atomic_write(index_path, json.dumps(index, indent=2).encode() + b"\n")
 
     def close(self) -> None:
         return None
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    def discard(self) -> None:
+        return None  # blobs are harmless; index.json, the only thing that names them, is untouched

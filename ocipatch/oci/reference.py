@@ -25,9 +25,10 @@ _OTHER_TRANSPORTS = ("containers-storage", "dir", "docker-daemon", "ostree", "si
 # what a CLI user types: lowercase path components separated by '/', tag up to 128 chars.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+# The OCI distribution spec's tag grammar, ASCII only (\w would admit any Unicode letter).
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 # The NAME of a docker-archive's NAME:TAG: a repository, maybe with a registry host[:port].
-_ARCHIVE_NAME = re.compile(rf"^(?:[\w.-]+(?::\d+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+_ARCHIVE_NAME = re.compile(rf"^(?:[A-Za-z0-9.-]+(?::\d+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-fA-F0-9]{32,}$")
 _HOST = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::\d+)?$"
@@ -64,8 +65,9 @@ class ImageRef:
         """This reference with another tag; a docker-archive's tag may be NAME:TAG."""
         archive = self.transport == "docker-archive"
         name, sep, bare = tag.rpartition(":") if archive else ("", "", tag)
-        if not _TAG.match(bare) or (sep and not _ARCHIVE_NAME.match(name)):
-            raise UsageError(f"invalid tag {tag!r}: use letters, digits, '_', '.', '-' (max 128)")
+        check_tag(bare)
+        if sep and not _ARCHIVE_NAME.match(name):
+            raise UsageError(f"invalid image name {name!r} in {tag!r}: use NAME:TAG, e.g. app:1.2")
         return replace(self, tag=tag, digest=None)
 
     def with_digest(self, digest: str) -> ImageRef:
@@ -80,6 +82,18 @@ class ImageRef:
                 s += f"@{self.digest}"
             return s
         return f"{self.transport}:{self.path}" + (f":{self.tag}" if self.tag else "")
+
+
+def is_valid_tag(tag: str) -> bool:
+    return _TAG.fullmatch(tag) is not None
+
+
+def check_tag(tag: str, what: str = "tag") -> None:
+    if not is_valid_tag(tag):
+        raise UsageError(
+            f"invalid {what} {tag!r}: a tag is 1-128 of letters, digits, '_', '.', '-' "
+            "and does not start with '.' or '-'"
+        )
 
 
 def parse_reference(text: str) -> ImageRef:
@@ -130,7 +144,7 @@ def _parse_registry(text: str, original: str) -> ImageRef:
     last = name.rsplit("/", 1)[-1]
     if ":" in last:
         name, _, tag = name.rpartition(":")
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise UsageError(f"invalid tag {tag!r} in {original!r}")
     parts = name.split("/", 1)
     if len(parts) == 2 and (

@@ -79,3 +79,6 @@ class RegistryDestination:
 
     def close(self) -> None:
         return None
+
+    def discard(self) -> None:
+        return None  # pushed blobs are unnamed until a manifest names them

@@ -45,7 +45,11 @@ class Destination(Protocol):
 
     def put_root(self, data: bytes, media_type: str, digest: str) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Commit: for an archive, the rename that replaces the file."""
+
+    def discard(self) -> None:
+        """A write failed: drop what close() would have committed (the source stays as it was)."""
 
 
 def open_source(ref: ImageRef, options: RegistryOptions) -> Source:
@@ -98,6 +102,17 @@ def write_image(image: Image, dest_ref: ImageRef, options: RegistryOptions) -> s
     if dest_ref.transport == "docker-archive":
         return _write_docker_archive(image, dest_ref)
     dest = _open_destination(dest_ref, options)
+    try:
+        digest = _write(image, dest)
+    except BaseException:
+        dest.discard()
+        raise
+    dest.close()
+    return digest
+
+
+def _write(image: Image, dest: Destination) -> str:
+    """Blobs, child manifests, then the root; the caller commits (close) or discards."""
     src_ref = image.ref
     for layer in image.layers:
         dest.put_blob(layer.descriptor, _layer_opener(layer), src_ref)
@@ -106,13 +121,11 @@ def write_image(image: Image, dest_ref: ImageRef, options: RegistryOptions) -> s
     digest = sha256_bytes(image.manifest_bytes)
     if image.index is None:
         dest.put_root(image.manifest_bytes, image.manifest_media_type, digest)
-        dest.close()
         return digest
     dest.put_manifest(image.manifest_bytes, image.manifest_media_type, digest)
     index_bytes = _copy_siblings(image, dest, digest)
     index_digest = sha256_bytes(index_bytes)
     dest.put_root(index_bytes, image.index.media_type, index_digest)
-    dest.close()
     return index_digest
 
 
