@@ -51,6 +51,9 @@ def test_registry_references(
         ("oci-archive:/tmp/img.tar:v2", "oci-archive", "/tmp/img.tar", "v2"),
         ("docker-archive:/tmp/img.tar", "docker-archive", "/tmp/img.tar", None),
         ("docker-archive:/tmp/img.tar:app:1.0", "docker-archive", "/tmp/img.tar", "app:1.0"),
+        ("docker-archive:img.tar:host:5000/app:1", "docker-archive", "img.tar", "host:5000/app:1"),
+        ("docker-archive:img.tar:team/app:1.0", "docker-archive", "img.tar", "team/app:1.0"),
+        ("docker-archive:img.tar:1.0", "docker-archive", "img.tar", "1.0"),
     ],
 )
 def test_local_transports(text: str, transport: str, path: str, tag: str | None) -> None:
@@ -84,3 +87,8 @@ def test_with_tag() -> None:
     assert str(ref) == "reg.example/app:1-patched"
     with pytest.raises(UsageError):
         ref.with_tag("no/slash")
+
+
+def test_docker_archive_name_without_tag_is_latest() -> None:
+    ref = parse_reference("docker-archive:img.tar:host:5000/app")
+    assert (ref.path, ref.tag) == ("img.tar", "host:5000/app:latest")

@@ -117,21 +117,33 @@ def parse_reference(text: str) -> ImageRef:
 def _parse_local(transport: str, rest: str, original: str) -> ImageRef:
     if not rest:
         raise UsageError(f"{original!r} names no path: use {transport}:PATH[:TAG]")
-    path, tag = rest, None
-    # The tag follows the last ':' unless that ':' is part of the path (e.g. a Windows drive or
-    # a directory name); skopeo uses the same rule: a tag never contains '/'.
-    if ":" in rest:
-        p, _, t = rest.rpartition(":")
-        if t and "/" not in t:
-            path, tag = p, t
-    if transport == "docker-archive" and tag is not None and ":" in path:
-        # docker-archive:FILE:name:tag — keep name:tag together as the tag.
-        p, _, name = path.rpartition(":")
-        if "/" not in name or p:
-            path, tag = p, f"{name}:{tag}"
+    if transport == "docker-archive":
+        path, tag = _split_docker_archive(rest)
+    else:
+        path, tag = rest, None
+        # The tag follows the last ':' unless that ':' is part of the path (e.g. a Windows drive
+        # or a directory name); skopeo uses the same rule: a tag never contains '/'.
+        if ":" in rest:
+            p, _, t = rest.rpartition(":")
+            if t and "/" not in t:
+                path, tag = p, t
     if not path:
         raise UsageError(f"{original!r} names no path: use {transport}:PATH[:TAG]")
     return ImageRef(transport=transport, path=path, tag=tag)
+
+
+def _split_docker_archive(rest: str) -> tuple[str, str | None]:
+    """FILE[:NAME:TAG] split as skopeo does, at the first ':' (NAME may hold a registry's
+    host:port); a lone word after FILE is a bare tag, a NAME with no tag gets `latest`."""
+    path, sep, ref = rest.partition(":")
+    if not sep or not ref:
+        return path, None
+    _name, colon, tag = ref.rpartition(":")
+    if colon and "/" not in tag:
+        return path, ref
+    if "/" not in ref:
+        return path, ref
+    return path, f"{ref}:{DEFAULT_TAG}"
 
 
 def _parse_registry(text: str, original: str) -> ImageRef:
