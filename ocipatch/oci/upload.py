@@ -79,6 +79,8 @@ class BlobUpload:
         self.opener = opener
         self.budget = budget
         self.where = _Where(registry=client.registry, repository=repository, digest=digest)
+        self.location = ""
+        self.offset = 0
         self._stream: BinaryIO | None = None
         self._pos = 0  # bytes read from the open stream
         self.sent = 0  # body bytes handed to requests, resent ones included
@@ -89,11 +91,11 @@ class BlobUpload:
 
     def run(self, location: str) -> None:
         """Upload through the session at `location`; returns once the registry has the blob."""
-        offset = 0
+        self.location, self.offset = location, 0  # where the session is, as far as we know
         try:
             while True:
                 try:
-                    self._send(location, offset)
+                    self._send()
                     return
                 except (_Retryable, _SessionLost) as e:
                     reason = e.reason if isinstance(e, _Retryable) else str(e)
@@ -105,43 +107,43 @@ class BlobUpload:
                     log.info("upload of %s interrupted (%s)", self.digest, reason)
                     if self._landed():
                         return
-                    lost = isinstance(e, _SessionLost)
-                    location, offset = self._where_to_continue(location, offset, lost)
+                    self._continue(lost=isinstance(e, _SessionLost))
         finally:
             self._close()
 
-    def _send(self, location: str, offset: int) -> None:
+    def _send(self) -> None:
         if self.size <= SMALL:
-            # One PUT: on failure nothing is kept, so "continuing" means a new session.
-            if offset:
-                raise _SessionLost("a one-request upload cannot continue")
-            self._put(location, with_body=True)
+            # One PUT: on failure nothing is kept, so continuing means a new session.
+            self._put(self.location, with_body=True)
             return
         chunk = self.client.options.chunk_size or self.size
-        while offset < self.size:
-            location, reached = self._patch(location, offset, min(self.size, offset + chunk))
-            if reached > offset:
+        while self.offset < self.size:
+            end = min(self.size, self.offset + chunk)
+            self.location, reached = self._patch(self.location, self.offset, end)
+            if reached > self.offset:
                 self.budget.progress()
-            offset = reached
-        self._put(location, with_body=False)
+            self.offset = reached
+        self._put(self.location, with_body=False)
 
     def _landed(self) -> bool:
         """Whether the blob is complete in the registry (a final PUT that went through)."""
         return self.client.blob_exists(self.repository, self.digest, self.budget)
 
-    def _where_to_continue(self, location: str, offset: int, lost: bool) -> tuple[str, int]:
-        """(location, offset) to continue from: the session's own, or a new session's."""
-        status = None if lost or self.size <= SMALL else self._status(location)
+    def _continue(self, lost: bool) -> None:
+        """Set location and offset to continue from: the session's own, or a new session's."""
+        status = None if lost or self.size <= SMALL else self._status(self.location)
         if status is not None:
-            new_location, reached = status
-            if reached > offset:
+            self.location, reached = status
+            if reached > self.offset:
                 self.budget.progress()
+            self.offset = reached
             self.resumes += 1
             log.info("resuming upload of %s at byte %d", self.digest, reached)
-            return new_location, reached
+            return
         self.restarts += 1
         log.info("restarting upload of %s in a new session", self.digest)
-        return self.client._start_upload(self.repository, self.digest, self.budget), 0
+        self.location = self.client._start_upload(self.repository, self.digest, self.budget)
+        self.offset = 0
 
     # ------------------------------------------------------------------ requests
 
