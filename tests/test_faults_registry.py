@@ -10,6 +10,7 @@ checking digests), never partial; the source is unchanged.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -24,6 +25,7 @@ import pytest
 
 from ocipatch.oci.remote import RegistryClient, RegistryOptions
 from tests.plugins.registry import Layout, Proxy, RegistryServer, make_oci_layout
+from tests.test_patch_hermetic import env  # noqa: F401  (the hermetic image in the registry)
 
 BIG = 3 << 20  # the layer: several MiB of random bytes, so cuts land mid-blob
 
@@ -59,15 +61,15 @@ def _repo(prefix: str) -> str:
 def ocipatch(
     *args: str, retry: str | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "OCIPATCH_REGISTRY_RETRY"}
-    env["NO_COLOR"] = "1"
+    environ = {k: v for k, v in os.environ.items() if k != "OCIPATCH_REGISTRY_RETRY"}
+    environ["NO_COLOR"] = "1"
     if retry is not None:
-        env["OCIPATCH_REGISTRY_RETRY"] = retry
+        environ["OCIPATCH_REGISTRY_RETRY"] = retry
     return subprocess.run(
         [sys.executable, "-m", "ocipatch", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=environ,
         timeout=timeout,
     )
 
@@ -330,3 +332,50 @@ def test_auth_failure_is_not_retried(
     one_line(r, 4)
     reqs = token_registry.requests()[before:]
     assert [x.status for x in reqs] == [401], reqs  # the HEAD, challenged; no retry
+
+
+def test_manifest_cut_mid_body_is_read_again(
+    registry: RegistryServer, flaky_proxy: Callable[..., Proxy], source: Layout, tmp_path: Path
+) -> None:
+    repo = _repo("mcut")
+    assert copy(source, f"{registry.host}/{repo}:t", tmp_path).returncode == 0
+    proxy = flaky_proxy("cut", failures=1, match=r"^GET /v2/.+/manifests/", cut_after=100)
+    data, _, digest = RegistryClient(proxy.host, RegistryOptions(backoff=0.05)).get_manifest(
+        repo, "t"
+    )
+    assert digest == source.manifest_digest and data == source.manifest
+    assert [r.fault for r in proxy.requests()] == ["cut", ""]
+
+
+# --------------------------------------------------------------------------- ocipatch patch
+
+
+def test_patch_pushes_through_a_registry_restart(
+    env: Any,  # noqa: F811 (the fixture imported above)
+    registry: RegistryServer,
+    flaky_proxy: Callable[..., Proxy],
+    tmp_path: Path,
+) -> None:
+    """`ocipatch patch` whose push (to a new repository: every layer goes up) meets a 3 s
+    restart at the first blob upload, or a 500 to the manifest PUT: it pushes the image a clean
+    run pushes."""
+    from tests.test_patch_hermetic import ocipatch as run_patch
+
+    report = env.report("faults", {"ocp-lib": "2.0"})
+    clean = run_patch(env, "-i", env.ref, "-r", str(report), "-t", "faults-clean")
+    assert clean.returncode == 0, clean.stderr
+    want = json.loads(clean.stdout)["image"]["digest"]
+
+    down = flaky_proxy("down", failures=1, match=r"^(PUT|PATCH) /v2/.+/blobs/uploads/")
+    repo = _repo("patch")
+    r = run_patch(env, "-i", env.ref, "-r", str(report), "-t", f"{down.host}/{repo}:restart")
+    assert r.returncode == 0, r.stderr
+    assert len(down.outages) == 2  # the first PATCH, and then the first one-request PUT
+    assert json.loads(r.stdout)["image"]["digest"] == want
+    assert state(registry, repo, "restart", tmp_path) == want
+
+    five = flaky_proxy("500", failures=1, match=r"^PUT /v2/.+/manifests/")
+    r = run_patch(env, "-i", env.ref, "-r", str(report), "-t", f"{five.host}/{repo}:f500")
+    assert r.returncode == 0, r.stderr
+    assert five.faults() == 1
+    assert state(registry, repo, "f500", tmp_path) == want

@@ -372,22 +372,34 @@ class RegistryClient:
         self._check_repo(repository)
         by_digest = self._check_ref(reference)
         what = f"{self.registry}/{repository}{'@' if by_digest else ':'}{reference}"
-        resp = self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            repository=repository,
-            digest=reference if by_digest else "",
-            headers={"Accept": accept},
-            stream=True,
-        )
-        with contextlib.closing(resp):
-            if resp.status_code == 404:
-                raise NotFoundError(
-                    f"manifest {what} not found (HTTP 404, {_error_detail(resp)}): check the "
-                    "repository name and the tag or digest"
-                )
-            self._expect(resp, (200,), "fetching manifest", repository, reference)
-            data = self._read_limited(resp, repository, reference)
+        budget = self.budget()
+        while True:
+            resp = self._request(
+                "GET",
+                f"/v2/{repository}/manifests/{reference}",
+                repository=repository,
+                digest=reference if by_digest else "",
+                headers={"Accept": accept},
+                stream=True,
+                budget=budget,
+            )
+            with contextlib.closing(resp):
+                if resp.status_code == 404:
+                    raise NotFoundError(
+                        f"manifest {what} not found (HTTP 404, {_error_detail(resp)}): check "
+                        "the repository name and the tag or digest"
+                    )
+                self._expect(resp, (200,), "fetching manifest", repository, reference)
+                try:
+                    data = self._read_limited(resp, repository, reference)
+                    break
+                except _Retryable as e:
+                    if not budget.wait():
+                        raise self._gave_up(
+                            e,
+                            budget,
+                            _Where(registry=self.registry, repository=repository, digest=""),
+                        ) from None
         if by_digest:
             h = hasher(reference)
             h.update(data)
@@ -658,7 +670,14 @@ class RegistryClient:
                         status=401,
                         **where,
                     )
-                value = self._answer_challenge(resp, repository, digest)
+                try:
+                    value = self._answer_challenge(resp, repository, digest)
+                except _Retryable as e:
+                    if not retry:
+                        raise
+                    if budget.wait(e.retry_after):
+                        continue  # the 401 comes again, and with it the challenge
+                    raise self._gave_up(e, budget, where) from None
                 self._repo_auth[repository] = value
                 challenged = True
                 continue
@@ -813,9 +832,8 @@ class RegistryClient:
             try:
                 token = self._bearer_token(challenge, creds)
             except requests.exceptions.RequestException as e:
-                raise RegistryError(
-                    f"cannot reach the token service {challenge.realm} ({_reason(e)})",
-                    **where,
+                raise _Retryable(
+                    f"token service {challenge.realm}: {_reason(e)}", connection=True, **where
                 ) from None
             if not token:
                 who = f"the credentials of {creds.username}" if creds else "anonymous access"
@@ -887,11 +905,11 @@ class RegistryClient:
                         digest=ref if ":" in ref else "",
                     )
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
-            raise RegistryError(
-                f"connection lost while reading manifest {ref} ({_reason(e)})",
+            raise _Retryable(
+                f"connection lost while reading manifest {ref}: {_reason(e)}",
+                connection=True,
                 registry=self.registry,
                 repository=repository,
-                retryable=True,
             ) from None
         return bytes(buf)
 
