@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -272,7 +273,7 @@ def test_down_longer_than_the_budget(
     took = time.monotonic() - start
     line = one_line(r, 3)
     assert proxy.host in line and "--registry-retry-time" in line and "connection refused" in line
-    assert "retried for 2.0s" in line or "retried for 1.9s" in line or "retried for 2.1s" in line
+    assert re.search(r"retried for (1\.9|2\.\d)s", line), line
     assert 2.0 <= took < 6.0, took
     check_outcome(r, registry, repo, source, before, tmp_path)
     assert proxy.uploads(repo) == 1  # the layer

@@ -21,7 +21,7 @@ ENV_RETRY_TIME = "OCIPATCH_REGISTRY_RETRY"
 OPTION = "--registry-retry-time"
 # Statuses that mean "try again": timeouts, rate limits, a proxy or registry (re)starting.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-MAX_BACKOFF = 8.0  # one sleep: a restarted registry is noticed within seconds
+MAX_BACKOFF = 2.0  # one sleep: a restarted registry is noticed within 2 s
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
