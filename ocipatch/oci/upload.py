@@ -185,14 +185,14 @@ class BlobUpload:
             retry=False,
         )
         resp.close()
-        if resp.status_code in (404, 416):
-            # Unknown session, or one that holds other bytes than we think.
-            raise _SessionLost(f"HTTP {resp.status_code} {_error_detail(resp)}")
+        _check_session(resp)
         self.client._expect(resp, (202,), "uploading blob", self.repository, self.digest)
         reached = _range_end(resp)
-        return self.client._location(resp, self.repository, self.digest), (
-            end if reached is None else reached
-        )
+        if reached is None:
+            reached = end
+        if not start < reached <= end:
+            raise _SessionLost(f"the session holds {reached} bytes after a PATCH to {end}")
+        return self.client._location(resp, self.repository, self.digest), reached
 
     def _put(self, location: str, with_body: bool) -> None:
         sep = "&" if "?" in location else "?"
@@ -213,8 +213,7 @@ class BlobUpload:
                 f"registry {self.client.registry}/{self.repository} rejected blob "
                 f"{self.digest}: the uploaded content does not match its digest or size"
             )
-        if resp.status_code == 404:
-            raise _SessionLost(f"HTTP 404 {_error_detail(resp)}")
+        _check_session(resp)
         self.client._expect(resp, (201, 204), "uploading blob", self.repository, self.digest)
 
     def _failed(self, reason: str) -> RegistryError:
@@ -259,6 +258,14 @@ class BlobUpload:
             with contextlib.suppress(OSError):
                 self._stream.close()
             self._stream = None
+
+
+def _check_session(resp: requests.Response) -> None:
+    """_SessionLost for an unknown session (404) or one that holds other bytes than we
+    think (416, BLOB_UPLOAD_INVALID): the upload goes on in a new session."""
+    detail = _error_detail(resp)
+    if resp.status_code in (404, 416) or "BLOB_UPLOAD_INVALID" in detail:
+        raise _SessionLost(f"HTTP {resp.status_code} {detail}")
 
 
 def _range_end(resp: requests.Response) -> int | None:
