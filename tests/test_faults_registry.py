@@ -228,6 +228,26 @@ def test_pull_cut_mid_blob_resumes(
     )
 
 
+def test_pull_through_a_registry_restart(
+    registry: RegistryServer, flaky_proxy: Callable[..., Proxy], source: Layout, tmp_path: Path
+) -> None:
+    """The source registry is down for 2 s when the layer download starts."""
+    repo = _repo("pulldown")
+    assert copy(source, f"{registry.host}/{repo}:t", tmp_path).returncode == 0
+    layer = f"^GET /v2/.+/blobs/{source.layer.digest}"
+    proxy = flaky_proxy("down", failures=1, match=layer, down_for=2.0)
+    out = tmp_path / "out"
+    r = ocipatch(
+        "copy", f"{proxy.host}/{repo}:t", f"oci:{out}:t", "--cache-dir", str(tmp_path / "c")
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == source.manifest_digest and len(proxy.outages) == 1
+    assert (
+        _tree(out)[f"blobs/sha256/{source.layer.digest.split(':')[1]}"]
+        == (source.layer.digest.split(":")[1])
+    )
+
+
 def test_registry_restart_mid_push(
     registry: RegistryServer, flaky_proxy: Callable[..., Proxy], source: Layout, tmp_path: Path
 ) -> None:
@@ -295,6 +315,19 @@ def test_unavailable_registry_env_budget(
     assert time.monotonic() - start < 5
     line = one_line(r, 3)
     assert "unavailable" in line and "503" in line and "--registry-retry-time" in line
+    assert state(registry, repo, "t", tmp_path) is None
+
+
+def test_retry_after_beyond_the_budget_fails_at_once(
+    registry: RegistryServer, flaky_proxy: Callable[..., Proxy], source: Layout, tmp_path: Path
+) -> None:
+    proxy = flaky_proxy("429", failures=None, match=r"^PUT /v2/.+/manifests/", retry_after=60)
+    repo = _repo("429long")
+    start = time.monotonic()
+    r = copy(source, f"{proxy.host}/{repo}:t", tmp_path, "--registry-retry-time", "10s")
+    assert time.monotonic() - start < 8
+    line = one_line(r, 3)
+    assert "rate limiting" in line and "retry after 1m00s" in line and "429" in line
     assert state(registry, repo, "t", tmp_path) is None
 
 
