@@ -248,6 +248,28 @@ def test_pull_through_a_registry_restart(
     )
 
 
+def test_stalled_request_times_out_and_is_retried(
+    registry: RegistryServer,
+    flaky_proxy: Callable[..., Proxy],
+    source: Layout,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registry that takes a request and never answers: the read timeout (1 s here, 300 s
+    in use) ends the attempt, and the request is sent again."""
+    from ocipatch.oci import remote
+
+    monkeypatch.setattr(remote, "TIMEOUT", (1.0, 1.0))
+    repo = _repo("stall")
+    assert copy(source, f"{registry.host}/{repo}:t", tmp_path).returncode == 0
+    proxy = flaky_proxy("stall", failures=1, match=r"^GET /v2/.+/manifests/", down_for=3.0)
+    client = RegistryClient(proxy.host, RegistryOptions(backoff=0.05))
+    start = time.monotonic()
+    assert client.get_manifest(repo, "t")[2] == source.manifest_digest
+    assert 1.0 <= time.monotonic() - start < 3.0
+    assert [r.fault for r in proxy.requests()] == ["stall", ""]
+
+
 def test_registry_restart_mid_push(
     registry: RegistryServer, flaky_proxy: Callable[..., Proxy], source: Layout, tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ Fixtures
   then resets both connections, so the registry sees the partial body too. "down" resets the
   request and every open connection and closes the listening socket for `down_for` seconds
   (connections are refused), then listens again on the same port: a registry restart.
+  "stall" reads the request and answers nothing for `down_for` seconds, then resets.
 
 Helpers: `make_oci_layout` builds a tiny OCI layout by hand, `skopeo_copy`/`skopeo_raw` run
 skopeo (an independent client) against these registries.
@@ -129,7 +130,7 @@ class _Counting:
 _HOP = {"connection", "keep-alive", "proxy-connection", "upgrade", "te", "trailer"}
 _BODY_FAULTS = ("truncate", "corrupt", "append")
 _STATUS_FAULTS = ("500", "503", "429")
-FAULTS = ("", *_STATUS_FAULTS, "reset", "cut", "down", *_BODY_FAULTS)
+FAULTS = ("", *_STATUS_FAULTS, "reset", "cut", "down", "stall", *_BODY_FAULTS)
 
 
 class _ProxyServer(http.server.ThreadingHTTPServer):
@@ -241,6 +242,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         fault = proxy._take_fault(method, path)
         if fault == "reset":
             proxy._record(Request(method, path, 0, fault))
+            self._reset()
+            return
+        if fault == "stall":  # read the request, answer nothing for `down_for` seconds
+            got = sum(len(c) for c in self._body())
+            proxy._record(Request(method, path, 0, fault, got))
+            time.sleep(proxy.down_for)
             self._reset()
             return
         if fault == "down":
