@@ -96,6 +96,7 @@ class BlobUpload:
             while True:
                 try:
                     self._send()
+                    self._log_cost()
                     return
                 except (_Retryable, _SessionLost) as e:
                     reason = e.reason if isinstance(e, _Retryable) else str(e)
@@ -106,6 +107,7 @@ class BlobUpload:
                         raise self._failed(reason) from None
                     log.info("upload of %s interrupted (%s)", self.digest, reason)
                     if self._landed():
+                        self._log_cost()
                         return
                     self._continue(lost=isinstance(e, _SessionLost))
         finally:
@@ -124,6 +126,17 @@ class BlobUpload:
                 self.budget.progress()
             self.offset = reached
         self._put(self.location, with_body=False)
+
+    def _log_cost(self) -> None:
+        if self.resumes or self.restarts:
+            log.info(
+                "uploaded %s: %d body bytes sent for %d (%d resumes, %d restarts)",
+                self.digest,
+                self.sent,
+                self.size,
+                self.resumes,
+                self.restarts,
+            )
 
     def _landed(self) -> bool:
         """Whether the blob is complete in the registry (a final PUT that went through)."""
