@@ -316,7 +316,7 @@ def test_down_longer_than_the_budget(
     line = one_line(r, 3)
     assert proxy.host in line and "--registry-retry-time" in line and "connection refused" in line
     assert re.search(r"retried for (1\.9|2\.\d)s", line), line
-    assert 2.0 <= took < 6.0, took
+    assert 2.0 <= took < 10.0, took  # the budget, plus start-up and the last attempt
     check_outcome(r, registry, repo, source, before, tmp_path)
     assert proxy.uploads(repo) == 1  # the layer
 
@@ -334,7 +334,7 @@ def test_unavailable_registry_env_budget(
     repo = _repo("503")
     start = time.monotonic()
     r = copy(source, f"{proxy.host}/{repo}:t", tmp_path, retry="1s")
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 10
     line = one_line(r, 3)
     assert "unavailable" in line and "503" in line and "--registry-retry-time" in line
     assert state(registry, repo, "t", tmp_path) is None

@@ -293,7 +293,7 @@ def test_retries_are_bounded(image: Layout, flaky_proxy: Callable[..., Proxy]) -
     start = time.monotonic()
     with pytest.raises(RegistryError) as err:
         client.get_manifest("test/oci", "v1")
-    assert 0.5 <= time.monotonic() - start < 1.5
+    assert 0.5 <= time.monotonic() - start < 3.0
     assert err.value.status == 503 and err.value.retryable and err.value.exit_code == 3
     msg = str(err.value)
     assert "test/oci" in msg and "503" in msg and "--registry-retry-time" in msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -55,8 +56,9 @@ def test_budget_is_time_since_the_first_failure() -> None:
     while budget.wait():
         waits += 1
     took = time.monotonic() - start
-    assert 0.3 <= took < 0.5 and waits >= 3
-    assert "retried for 0.3s" in budget.spent() and "--registry-retry-time" in budget.spent()
+    assert 0.3 <= took < 1.0 and waits >= 3
+    assert re.search(r"retried for 0\.\ds, \d+ attempts", budget.spent())
+    assert "--registry-retry-time" in budget.spent()
 
 
 def test_progress_gives_a_fresh_budget() -> None:
