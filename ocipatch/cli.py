@@ -80,6 +80,12 @@ def registry_options(fn: F) -> F:
             "--password-stdin", is_flag=True, help="Read the registry password from stdin."
         ),
         click.option(
+            "--registry-retry-time",
+            metavar="DURATION",
+            help="How long to retry a registry that is down, resets connections or answers "
+            "429/5xx (30s, 2m, 0 for no retries) [default: $OCIPATCH_REGISTRY_RETRY or 30s].",
+        ),
+        click.option(
             "--cache-dir",
             type=click.Path(file_okay=False, path_type=Path),
             help="Cache for blobs and unpacked layers [default: ~/.cache/ocipatch].",
@@ -111,6 +117,7 @@ def build_context(kwargs: dict[str, Any]) -> Any:
         registry_ca=kwargs.pop("registry_ca", None),
         username=kwargs.pop("username", None),
         password=password,
+        registry_retry_time=kwargs.pop("registry_retry_time", None),
         cache_dir=kwargs.pop("cache_dir", None),
         platform_text=kwargs.pop("platform_text", None),
         debug=kwargs.pop("debug", False),

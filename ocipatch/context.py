@@ -11,6 +11,7 @@ from ocipatch.oci.cache import BlobCache, default_cache_dir
 from ocipatch.oci.image import Image
 from ocipatch.oci.reference import ImageRef
 from ocipatch.oci.remote import RegistryOptions
+from ocipatch.oci.retry import retry_time_from
 from ocipatch.oci.transport import open_image
 from ocipatch.oci.types import Platform
 
@@ -31,6 +32,7 @@ class Context:
         registry_ca: Path | None = None,
         username: str | None = None,
         password: str | None = None,
+        registry_retry_time: str | None = None,
         cache_dir: Path | None = None,
         platform_text: str | None = None,
         debug: bool = False,
@@ -46,6 +48,7 @@ class Context:
             ca_file=registry_ca,
             username=username,
             password=password,
+            retry_time=retry_time_from(registry_retry_time),
         )
         cache = BlobCache(cache_dir or default_cache_dir())
         platform = Platform.parse(platform_text) if platform_text else None

@@ -283,18 +283,29 @@ def test_transient_failures_are_retried(
         client.put_manifest("test/oci", f"flaky-{fault}", data, mediatypes.OCI_MANIFEST) == digest
     )
     assert proxy.uploads(repo) == 1
-    assert opens == 3  # the upload PUT failed twice; each attempt reopened the body
+    assert opens == 3  # the one-request upload PUT failed twice; each attempt reopened the body
     assert proxy.faults() >= 10
 
 
 def test_retries_are_bounded(image: Layout, flaky_proxy: Callable[..., Proxy]) -> None:
     proxy = flaky_proxy("503", failures=None)
-    client = RegistryClient(proxy.host, RegistryOptions(retries=2, backoff=0.01))
+    client = RegistryClient(proxy.host, RegistryOptions(retry_time=0.5, backoff=0.05))
+    start = time.monotonic()
     with pytest.raises(RegistryError) as err:
         client.get_manifest("test/oci", "v1")
+    assert 0.5 <= time.monotonic() - start < 3.0
     assert err.value.status == 503 and err.value.retryable and err.value.exit_code == 3
-    assert "test/oci" in str(err.value) and "503" in str(err.value)
-    assert len(proxy.requests()) == 3
+    msg = str(err.value)
+    assert "test/oci" in msg and "503" in msg and "--registry-retry-time" in msg
+    assert 3 <= len(proxy.requests()) <= 8
+
+
+def test_no_retries_with_zero_retry_time(image: Layout, flaky_proxy: Callable[..., Proxy]) -> None:
+    proxy = flaky_proxy("503", failures=None)
+    client = RegistryClient(proxy.host, RegistryOptions(retry_time=0))
+    with pytest.raises(RegistryError, match="not retried"):
+        client.get_manifest("test/oci", "v1")
+    assert len(proxy.requests()) == 1
 
 
 def test_retry_after_is_honoured(image: Layout, flaky_proxy: Callable[..., Proxy]) -> None:
@@ -313,7 +324,7 @@ def test_not_found_is_not_retried(image: Layout, flaky_proxy: Callable[..., Prox
 
 def test_unreachable_registry_has_hint() -> None:
     port = free_port()  # nothing listens there
-    client = RegistryClient(f"127.0.0.1:{port}", RegistryOptions(retries=1, backoff=0.01))
+    client = RegistryClient(f"127.0.0.1:{port}", RegistryOptions(retry_time=0.2, backoff=0.01))
     with pytest.raises(RegistryError) as err:
         client.get_manifest("test/oci", "v1")
     msg = str(err.value)
@@ -323,7 +334,7 @@ def test_unreachable_registry_has_hint() -> None:
 
 
 def test_unresolvable_host_fails_fast() -> None:
-    client = RegistryClient("no-such-host.invalid", RegistryOptions(retries=3, backoff=5))
+    client = RegistryClient("no-such-host.invalid", RegistryOptions(backoff=5))
     start = time.monotonic()
     with pytest.raises(RegistryError, match="resolve"):
         client.blob_exists("x/y", "sha256:" + "0" * 64)

@@ -5,11 +5,13 @@ backends: `TokenAuth` answers bearer challenges, `BasicAuth` basic ones. We do n
 `do_request` (its retry decorator retries any Exception with multi-second sleeps) nor its
 manifest/blob helpers (they re-serialise JSON and read blobs into memory). Instead:
 
-* one request loop (`_request`) with bounded retries, exponential backoff and jitter on 429
-  (Retry-After honoured), 5xx and connection errors; never on 401/403 (AuthError) or 404;
+* one request loop (`_request`) that retries refused, reset and timed-out connections and
+  408/429/5xx answers (Retry-After honoured) with backoff and jitter for a bounded time
+  (`retry.Budget`, --registry-retry-time); never on 401/403 (AuthError) or 404;
 * manifests are returned as the exact bytes served, digested locally;
 * blobs stream in both directions; a download that loses its connection resumes with a Range
-  request (or restarts) and is digest-checked end to end by `fetch_blob`.
+  request (or restarts) and is digest-checked end to end by `fetch_blob`; an upload that loses
+  its connection resumes from the offset the registry reports, or restarts (`upload.py`).
 
 Scheme: HTTPS, except plain HTTP for `plain_http` and `insecure_registries`. For loopback hosts
 (localhost, 127.0.0.0/8, ::1) HTTPS is tried first and the client falls back to plain HTTP when
@@ -26,7 +28,6 @@ import ipaddress
 import json
 import logging
 import os
-import random
 import re
 import ssl
 import tempfile
@@ -55,6 +56,7 @@ from ocipatch.errors import (
 from ocipatch.oci import mediatypes
 from ocipatch.oci.auth import Credentials, lookup_credentials, normalize_key
 from ocipatch.oci.digest import VerifiedReader, check_digest, hasher, sha256_bytes, verify_bytes
+from ocipatch.oci.retry import DEFAULT_RETRY_TIME, RETRY_STATUSES, Budget
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,6 @@ TIMEOUT = (30.0, 300.0)
 # First HTTPS attempt to a loopback registry that may speak plain HTTP only.
 _PROBE_TIMEOUT = (5.0, 5.0)
 MAX_MANIFEST_BYTES = 4 << 20  # as containers/image: a manifest is small JSON
-MAX_DELAY = 30.0  # cap on one backoff sleep, and on an honoured Retry-After
 _CHUNK = 1 << 20
 _HUB_API_HOST = "registry-1.docker.io"
 _REPO = re.compile(
@@ -83,8 +84,9 @@ class RegistryOptions:
     ca_file: Path | None = None  # --registry-ca FILE
     username: str | None = None  # --username (+ password from --password-stdin)
     password: str | None = None
-    retries: int = 5
-    backoff: float = 0.5  # seconds, doubled each retry
+    retry_time: float = DEFAULT_RETRY_TIME  # --registry-retry-time: seconds per outage
+    backoff: float = 0.5  # first backoff sleep in seconds, doubled each retry
+    chunk_size: int = 0  # blob upload PATCH size; 0: the whole blob in one PATCH, as docker
 
 
 class _Where(TypedDict):
@@ -96,11 +98,25 @@ class _Where(TypedDict):
 
 
 class _Retryable(RegistryError):
-    """A transient failure; `retry_after` is the server's Retry-After, if it sent one."""
+    """A transient failure: `reason` says what, `retry_after` is the server's Retry-After.
 
-    def __init__(self, message: str, retry_after: float | None = None, **kw: Any) -> None:
-        super().__init__(message, retryable=True, **kw)
+    `connection` tells a lost or refused connection from a transient HTTP status.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        connection: bool,
+        retry_after: float | None = None,
+        detail: str = "",
+        **kw: Any,
+    ) -> None:
+        super().__init__(reason, retryable=True, **kw)
+        self.reason = reason
+        self.connection = connection
         self.retry_after = retry_after
+        self.detail = detail
 
 
 class _TimeoutAdapter(requests.adapters.HTTPAdapter):
@@ -174,15 +190,19 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def _reason(exc: BaseException) -> str:
     """A short human reason for a connection-level failure."""
-    for e in _causes(exc):
+    causes = list(_causes(exc))
+    for e in causes:
         if isinstance(e, ssl.SSLCertVerificationError):
             return e.verify_message or str(e)
-        if isinstance(e, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(e, urllib3.exceptions.NameResolutionError):
-            return "host name does not resolve"
-        if isinstance(e, ConnectionResetError):
-            return "connection reset"
+    # Most specific first: urllib3's NewConnectionError is also a ConnectTimeoutError.
+    for kinds, reason in (
+        (ConnectionRefusedError, "connection refused"),
+        (urllib3.exceptions.NameResolutionError, "host name does not resolve"),
+        (ConnectionResetError | BrokenPipeError, "connection reset"),
+        (TimeoutError | urllib3.exceptions.TimeoutError, "timed out"),
+    ):
+        if any(isinstance(e, kinds) for e in causes):
+            return reason
     text = str(exc)
     m = re.search(r"Caused by (\w+\(.*)", text)
     return (m.group(1) if m else text)[:200]
@@ -217,25 +237,6 @@ def _error_detail(resp: requests.Response) -> str:
     return ("; ".join(dict.fromkeys(p for p in parts if p)) or resp.reason or "")[:300]
 
 
-class _SizedBody:
-    """Upload body: streams `raw` with a known length so requests sends Content-Length."""
-
-    def __init__(self, raw: BinaryIO, size: int) -> None:
-        self._raw = raw
-        self._left = size
-        self._size = size
-
-    def __len__(self) -> int:
-        return self._size
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        data = self._raw.read(self._left if n is None or n < 0 else min(n, self._left))
-        self._left -= len(data)
-        return data
-
-
 class _BlobRaw(io.RawIOBase):
     """A blob body that survives dropped connections: it re-requests from the offset reached.
 
@@ -249,8 +250,10 @@ class _BlobRaw(io.RawIOBase):
         self._repository = repository
         self._digest = digest
         self._offset = 0
-        self._resumes = 0
-        self._resp = client._blob_response(repository, digest)
+        self._resumed_at = 0
+        self.resumes = 0
+        self._budget = client.budget()
+        self._resp = client._blob_response(repository, digest, budget=self._budget)
         self.length: int | None = self._content_length(self._resp)
 
     @staticmethod
@@ -280,20 +283,23 @@ class _BlobRaw(io.RawIOBase):
 
     def _resume(self, exc: BaseException) -> None:
         self._resp.close()
-        opts = self._client.options
-        if self._resumes >= opts.retries:
+        if self._offset > self._resumed_at:
+            self._budget.progress()  # bytes arrived since the last cut: a new outage
+        if not self._budget.wait():
             raise RegistryError(
-                f"connection lost while downloading blob ({_reason(exc)}) after "
-                f"{self._resumes} resumes",
+                f"connection to {self._client.registry} lost while downloading blob "
+                f"({_reason(exc)}; {self._budget.spent()})",
                 registry=self._client.registry,
                 repository=self._repository,
                 digest=self._digest,
                 retryable=True,
             ) from None
-        time.sleep(self._client._delay(self._resumes))
-        self._resumes += 1
+        self.resumes += 1
+        self._resumed_at = self._offset
         log.info("resuming %s at byte %d (%s)", self._digest, self._offset, _reason(exc))
-        resp = self._client._blob_response(self._repository, self._digest, self._offset)
+        resp = self._client._blob_response(
+            self._repository, self._digest, self._offset, budget=self._budget
+        )
         self._resp = resp
         if resp.status_code == 206:
             if resp.headers.get("Content-Range", "").startswith(f"bytes {self._offset}-"):
@@ -366,22 +372,34 @@ class RegistryClient:
         self._check_repo(repository)
         by_digest = self._check_ref(reference)
         what = f"{self.registry}/{repository}{'@' if by_digest else ':'}{reference}"
-        resp = self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            repository=repository,
-            digest=reference if by_digest else "",
-            headers={"Accept": accept},
-            stream=True,
-        )
-        with contextlib.closing(resp):
-            if resp.status_code == 404:
-                raise NotFoundError(
-                    f"manifest {what} not found (HTTP 404, {_error_detail(resp)}): check the "
-                    "repository name and the tag or digest"
-                )
-            self._expect(resp, (200,), "fetching manifest", repository, reference)
-            data = self._read_limited(resp, repository, reference)
+        budget = self.budget()
+        while True:
+            resp = self._request(
+                "GET",
+                f"/v2/{repository}/manifests/{reference}",
+                repository=repository,
+                digest=reference if by_digest else "",
+                headers={"Accept": accept},
+                stream=True,
+                budget=budget,
+            )
+            with contextlib.closing(resp):
+                if resp.status_code == 404:
+                    raise NotFoundError(
+                        f"manifest {what} not found (HTTP 404, {_error_detail(resp)}): check "
+                        "the repository name and the tag or digest"
+                    )
+                self._expect(resp, (200,), "fetching manifest", repository, reference)
+                try:
+                    data = self._read_limited(resp, repository, reference)
+                    break
+                except _Retryable as e:
+                    if not budget.wait():
+                        raise self._gave_up(
+                            e,
+                            budget,
+                            _Where(registry=self.registry, repository=repository, digest=""),
+                        ) from None
         if by_digest:
             h = hasher(reference)
             h.update(data)
@@ -396,11 +414,15 @@ class RegistryClient:
             digest = sha256_bytes(data)
         return data, self._media_type(resp, data), digest
 
-    def blob_exists(self, repository: str, digest: str) -> bool:
+    def blob_exists(self, repository: str, digest: str, budget: Budget | None = None) -> bool:
         self._check_repo(repository)
         check_digest(digest)
         resp = self._request(
-            "HEAD", f"/v2/{repository}/blobs/{digest}", repository=repository, digest=digest
+            "HEAD",
+            f"/v2/{repository}/blobs/{digest}",
+            repository=repository,
+            digest=digest,
+            budget=budget,
         )
         resp.close()
         if resp.status_code == 404:
@@ -446,32 +468,25 @@ class RegistryClient:
         opener: Callable[[], BinaryIO],
         mount_from: str | None = None,
     ) -> str:
-        """'exists' | 'mounted' | 'uploaded'. The body streams; opener is called per attempt."""
+        """'exists' | 'mounted' | 'uploaded'. The body streams from opener(), which is called
+        again when an upload has to resume or restart (upload.BlobUpload)."""
         self._check_repo(repository)
         check_digest(digest)
         if mount_from is not None:
             self._check_repo(mount_from)
-        if self.blob_exists(repository, digest):
+        from ocipatch.oci.upload import BlobUpload  # it builds on this module
+
+        budget = self.budget()
+        if self.blob_exists(repository, digest, budget):
             return "exists"
-        mount = mount_from if mount_from and mount_from != repository else None
-        for attempt in range(self.options.retries + 1):
-            location: str | None = None
-            if mount is not None:
-                location = self._try_mount(repository, digest, mount)
-                mount = None  # asked once; a refused mount means upload
-                if location is None:
-                    return "mounted"
+        if mount_from and mount_from != repository:
+            location = self._try_mount(repository, digest, mount_from, budget)
             if location is None:
-                location = self._start_upload(repository, digest)
-            try:
-                self._put_upload(repository, digest, size, location, opener)
-                return "uploaded"
-            except _Retryable as e:
-                if attempt >= self.options.retries:
-                    raise
-                log.info("upload of %s failed (%s); restarting", digest, e)
-                time.sleep(self._delay(attempt, e.retry_after))
-        raise AssertionError("unreachable")
+                return "mounted"
+        else:
+            location = self._start_upload(repository, digest, budget)
+        BlobUpload(self, repository, digest, size, opener, budget).run(location)
+        return "uploaded"
 
     def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> str:
         """PUT the exact bytes under a tag or digest; returns their digest."""
@@ -523,7 +538,9 @@ class RegistryClient:
         check_digest(digest)
         return _BlobRaw(self, repository, digest)
 
-    def _blob_response(self, repository: str, digest: str, offset: int = 0) -> requests.Response:
+    def _blob_response(
+        self, repository: str, digest: str, offset: int = 0, budget: Budget | None = None
+    ) -> requests.Response:
         # identity: a transfer encoding would make byte offsets (and resume) meaningless.
         headers = {"Accept-Encoding": "identity"}
         if offset:
@@ -535,6 +552,7 @@ class RegistryClient:
             digest=digest,
             headers=headers,
             stream=True,
+            budget=budget,
         )
         if resp.status_code == 404:
             resp.close()
@@ -547,7 +565,9 @@ class RegistryClient:
             self._expect(resp, (200,), "fetching blob", repository, digest)
         return resp
 
-    def _try_mount(self, repository: str, digest: str, source: str) -> str | None:
+    def _try_mount(
+        self, repository: str, digest: str, source: str, budget: Budget | None = None
+    ) -> str | None:
         """None when mounted; else the Location of the upload session the registry opened."""
         query = urlencode({"mount": digest, "from": source})
         resp = self._request(
@@ -556,6 +576,7 @@ class RegistryClient:
             repository=repository,
             digest=digest,
             body=b"",
+            budget=budget,
         )
         resp.close()
         if resp.status_code == 201:
@@ -563,56 +584,18 @@ class RegistryClient:
         self._expect(resp, (202,), "starting blob upload", repository, digest)
         return self._location(resp, repository, digest)
 
-    def _start_upload(self, repository: str, digest: str) -> str:
+    def _start_upload(self, repository: str, digest: str, budget: Budget | None = None) -> str:
         resp = self._request(
             "POST",
             f"/v2/{repository}/blobs/uploads/",
             repository=repository,
             digest=digest,
             body=b"",
+            budget=budget,
         )
         resp.close()
         self._expect(resp, (202,), "starting blob upload", repository, digest)
         return self._location(resp, repository, digest)
-
-    def _put_upload(
-        self,
-        repository: str,
-        digest: str,
-        size: int,
-        location: str,
-        opener: Callable[[], BinaryIO],
-    ) -> None:
-        sep = "&" if "?" in location else "?"
-        target = f"{location}{sep}{urlencode({'digest': digest})}"
-        with contextlib.ExitStack() as stack:
-
-            def body() -> Any:
-                raw = opener()
-                stack.callback(raw.close)
-                return _SizedBody(raw, size) if size > 0 else b""
-
-            # No retries here: a half-written upload session cannot be resent; push_blob
-            # restarts from a new session instead.
-            resp = self._request(
-                "PUT",
-                target,
-                repository=repository,
-                digest=digest,
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Length": str(max(size, 0)),
-                },
-                body=body,
-                retries=0,
-            )
-        resp.close()
-        if resp.status_code == 400 and "DIGEST_INVALID" in _error_detail(resp):
-            raise IntegrityError(
-                f"registry {self.registry}/{repository} rejected blob {digest}: the uploaded "
-                "content does not match its digest or size"
-            )
-        self._expect(resp, (201, 204), "uploading blob", repository, digest)
 
     def _location(self, resp: requests.Response, repository: str, digest: str) -> str:
         loc = resp.headers.get("Location")
@@ -640,11 +623,9 @@ class RegistryClient:
         host, port = split_host(self.api_host)
         return (parts.hostname or "", parts.port or default) == (host.lower(), port or default)
 
-    def _delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return min(retry_after, MAX_DELAY)
-        base = min(self.options.backoff * (2.0**attempt), MAX_DELAY)
-        return base / 2 + random.uniform(0, base / 2)  # equal jitter
+    def budget(self) -> Budget:
+        """The retry budget of one operation (--registry-retry-time)."""
+        return Budget(self.options.retry_time, self.options.backoff)
 
     def _request(
         self,
@@ -656,17 +637,75 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         body: bytes | Callable[[], Any] | None = None,
         stream: bool = False,
-        retries: int | None = None,
+        budget: Budget | None = None,
+        retry: bool = True,
     ) -> requests.Response:
-        """Send with auth and retries. Returns any response but 401/403/429/5xx.
+        """Send with auth and retries. Returns any response but 401/403 and transient ones.
 
         401 gets one answer to its challenge per call; a second 401 (or a 403) is AuthError.
-        With retries=0 a transient failure raises _Retryable for the caller to handle.
+        Transient failures are retried within `budget` (a new one if None); with retry=False
+        they raise _Retryable for the caller, whose body cannot simply be sent again.
         """
-        retries = self.options.retries if retries is None else retries
-        attempt = 0
+        budget = budget or self.budget()
         challenged = False
         where = _Where(registry=self.registry, repository=repository, digest=digest)
+        while True:
+            try:
+                resp = self._send(method, target, repository, headers, body, stream, where)
+            except _Retryable as e:
+                if not retry:
+                    raise
+                if budget.wait(e.retry_after):
+                    log.info("%s %s: %s; retrying", method, target, e.reason)
+                    continue
+                raise self._gave_up(e, budget, where) from None
+            status = resp.status_code
+            if status == 401:
+                resp.close()
+                if challenged:
+                    raise AuthError(
+                        f"{self.registry} refused the credentials"
+                        f"{' of ' + self._creds.username if self._creds else ''}: check "
+                        "--username/--password-stdin or log in again",
+                        status=401,
+                        **where,
+                    )
+                try:
+                    value = self._answer_challenge(resp, repository, digest)
+                except _Retryable as e:
+                    if not retry:
+                        raise
+                    if budget.wait(e.retry_after):
+                        continue  # the 401 comes again, and with it the challenge
+                    raise self._gave_up(e, budget, where) from None
+                self._repo_auth[repository] = value
+                challenged = True
+                continue
+            if status == 403:
+                resp.close()
+                raise AuthError(
+                    f"access denied ({_error_detail(resp)}): the credentials lack permission "
+                    "for this repository",
+                    status=403,
+                    **where,
+                )
+            return resp
+
+    def _send(
+        self,
+        method: str,
+        target: str,
+        repository: str,
+        headers: dict[str, str] | None,
+        body: bytes | Callable[[], Any] | None,
+        stream: bool,
+        where: _Where,
+    ) -> requests.Response:
+        """One request (two when a loopback registry turns out to speak plain HTTP).
+
+        Raises _Retryable for what may pass (a lost connection, 408/429/5xx) and
+        RegistryError for what will not (an unknown host, an unverifiable certificate).
+        """
         while True:
             url = self._url(target)
             probing = self._scheme is None and not target.startswith(("http://", "https://"))
@@ -700,14 +739,8 @@ class RegistryClient:
                         "--registry-ca FILE",
                         **where,
                     ) from None
-                if attempt < retries:
-                    time.sleep(self._delay(attempt))
-                    attempt += 1
-                    continue
-                raise RegistryError(
-                    f"TLS connection to {self.registry} failed ({_reason(e)}); if it serves "
-                    f"plain HTTP use --plain-http / --insecure-registry {self.registry}",
-                    **where,
+                raise _Retryable(
+                    f"TLS connection failed ({_reason(e)})", connection=True, **where
                 ) from None
             except (
                 requests.exceptions.ConnectionError,
@@ -719,66 +752,42 @@ class RegistryClient:
                         f"cannot resolve registry host {self.api_host}; check the image reference",
                         **where,
                     ) from None
-                # A refused connection is rarely transient (nothing listens): fail fast.
-                refused = any(isinstance(c, ConnectionRefusedError) for c in _causes(e))
-                if attempt < (min(retries, 1) if refused else retries):
-                    log.info("%s %s: %s; retrying", method, url, _reason(e))
-                    time.sleep(self._delay(attempt))
-                    attempt += 1
-                    continue
-                cls = _Retryable if retries == 0 else RegistryError
-                raise cls(
-                    f"cannot reach registry {self.registry} ({_reason(e)}"
-                    f"{f', after {attempt} retries' if attempt else ''}); {_HINT_UNREACHABLE}",
-                    **where,
-                ) from None
-
+                raise _Retryable(_reason(e), connection=True, **where) from None
             if probing:
                 self._scheme = "https"
-            status = resp.status_code
-            if status >= 400 and stream:
+            if resp.status_code >= 400 and stream:
                 # Error bodies are small: read now so the message survives resp.close().
                 with contextlib.suppress(requests.exceptions.RequestException):
                     _ = resp.content
-            if status == 401:
+            if resp.status_code in RETRY_STATUSES:
                 resp.close()
-                if challenged:
-                    raise AuthError(
-                        f"{self.registry} refused the credentials"
-                        f"{' of ' + self._creds.username if self._creds else ''}: check "
-                        "--username/--password-stdin or log in again",
-                        status=401,
-                        **where,
-                    )
-                value = self._answer_challenge(resp, repository, digest)
-                self._repo_auth[repository] = value
-                challenged = True
-                continue
-            if status == 403:
-                resp.close()
-                raise AuthError(
-                    f"access denied ({_error_detail(resp)}): the credentials lack permission "
-                    "for this repository",
-                    status=403,
+                raise _Retryable(
+                    f"HTTP {resp.status_code}",
+                    connection=False,
+                    retry_after=_retry_after(resp),
+                    detail=_error_detail(resp),
+                    status=resp.status_code,
                     **where,
                 )
-            if status == 429 or status >= 500:
-                after = _retry_after(resp)
-                detail = _error_detail(resp)
-                resp.close()
-                if attempt < retries:
-                    log.info("%s %s: HTTP %d; retrying", method, url, status)
-                    time.sleep(self._delay(attempt, after))
-                    attempt += 1
-                    continue
-                msg = (
-                    f"registry unavailable or rate limiting ({detail}"
-                    f"{f', after {attempt} retries' if attempt else ''}); try again later"
-                )
-                if retries == 0:
-                    raise _Retryable(msg, retry_after=after, status=status, **where)
-                raise RegistryError(msg, status=status, retryable=True, **where)
             return resp
+
+    def _gave_up(self, e: _Retryable, budget: Budget, where: _Where) -> RegistryError:
+        """The one-line error once the retry budget is spent."""
+        if e.connection:
+            hint = _HINT_UNREACHABLE if "refused" in e.reason else "check the network"
+            return RegistryError(
+                f"cannot reach registry {self.registry} ({e.reason}; {budget.spent()}); {hint}",
+                retryable=True,
+                **where,
+            )
+        what = "is rate limiting" if e.status == 429 else "is unavailable"
+        return RegistryError(
+            f"registry {self.registry} {what} ({e.detail or e.reason}; {budget.spent()}); "
+            "try again later",
+            status=e.status,
+            retryable=True,
+            **where,
+        )
 
     def _credentials(self) -> Credentials | None:
         if not self._creds_loaded:
@@ -823,9 +832,8 @@ class RegistryClient:
             try:
                 token = self._bearer_token(challenge, creds)
             except requests.exceptions.RequestException as e:
-                raise RegistryError(
-                    f"cannot reach the token service {challenge.realm} ({_reason(e)})",
-                    **where,
+                raise _Retryable(
+                    f"token service {challenge.realm}: {_reason(e)}", connection=True, **where
                 ) from None
             if not token:
                 who = f"the credentials of {creds.username}" if creds else "anonymous access"
@@ -897,11 +905,11 @@ class RegistryClient:
                         digest=ref if ":" in ref else "",
                     )
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
-            raise RegistryError(
-                f"connection lost while reading manifest {ref} ({_reason(e)})",
+            raise _Retryable(
+                f"connection lost while reading manifest {ref}: {_reason(e)}",
+                connection=True,
                 registry=self.registry,
                 repository=repository,
-                retryable=True,
             ) from None
         return bytes(buf)
 

@@ -15,10 +15,16 @@ Fixtures
 - `token_registry` (session): plain-HTTP registry with bearer-token auth; the tokens come from
   `TokenServer`, a small Python token service signing ES256 JWTs (x5c chain to the registry's
   rootcertbundle). `.username`, `.password`, `.refresh_token` (an identity token).
-- `flaky_proxy` (function): factory; `flaky_proxy("503"|"429"|"reset"|"truncate"|"corrupt"|
-  "append", failures=N)` returns a `Proxy` in front of `registry` that misbehaves on the first N
-  attempts of each request (None: always), keyed by method and path (upload session ids folded,
-  so a restarted upload counts as the same request).
+- `flaky_proxy` (function): factory; `flaky_proxy("503"|"500"|"429"|"reset"|"truncate"|
+  "corrupt"|"append"|"cut"|"down", failures=N)` returns a `Proxy` in front of `registry` that
+  misbehaves on the first N attempts of each request (None: always), keyed by method and path
+  (upload session ids folded, so a restarted upload counts as the same request), after the
+  first `after` attempts have passed through. "cut" passes
+  `cut_after` bytes of a request body (or, for a request without one, of the response) and
+  then resets both connections, so the registry sees the partial body too. "down" resets the
+  request and every open connection and closes the listening socket for `down_for` seconds
+  (connections are refused), then listens again on the same port: a registry restart.
+  "stall" reads the request and answers nothing for `down_for` seconds, then resets.
 
 Helpers: `make_oci_layout` builds a tiny OCI layout by hand, `skopeo_copy`/`skopeo_raw` run
 skopeo (an independent client) against these registries.
@@ -79,6 +85,7 @@ class Request:
     path: str  # with query
     status: int  # as relayed to the client; 0 when the proxy reset the connection
     fault: str = ""  # the fault the proxy injected, "" when passed through
+    body: int = 0  # request body bytes received from the client
 
 
 def _is_upload(r: Request, repository: str | None) -> bool:
@@ -122,7 +129,8 @@ class _Counting:
 
 _HOP = {"connection", "keep-alive", "proxy-connection", "upgrade", "te", "trailer"}
 _BODY_FAULTS = ("truncate", "corrupt", "append")
-FAULTS = ("", "503", "429", "reset", *_BODY_FAULTS)
+_STATUS_FAULTS = ("500", "503", "429")
+FAULTS = ("", *_STATUS_FAULTS, "reset", "cut", "down", "stall", *_BODY_FAULTS)
 
 
 class _ProxyServer(http.server.ThreadingHTTPServer):
@@ -145,6 +153,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.proxy._opened(self.connection)
+
+    def finish(self) -> None:
+        self.server.proxy._closed(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def handle(self) -> None:
         # A TLS ClientHello: answer as a plain HTTP server would, so clients probing for TLS
@@ -202,12 +219,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 yield data
 
     def _reset(self) -> None:
-        # SO_LINGER 0: close() sends RST, the way a dropped connection looks to a client.
         self.close_connection = True
         with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.rfile.close()
-            self.connection.close()
+        _reset_socket(self.connection)
 
     def _error(self, status: int, retry_after: int | None) -> None:
         body = json.dumps(
@@ -229,10 +244,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             proxy._record(Request(method, path, 0, fault))
             self._reset()
             return
-        if fault in ("503", "429"):
-            for _ in self._body():
-                pass
-            proxy._record(Request(method, path, int(fault), fault))
+        if fault == "stall":  # read the request, answer nothing for `down_for` seconds
+            got = sum(len(c) for c in self._body())
+            proxy._record(Request(method, path, 0, fault, got))
+            time.sleep(proxy.down_for)
+            self._reset()
+            return
+        if fault == "down":
+            proxy._record(Request(method, path, 0, fault))
+            self._reset()
+            proxy._go_down()
+            return
+        if fault in _STATUS_FAULTS:
+            got = sum(len(c) for c in self._body())
+            proxy._record(Request(method, path, int(fault), fault, got))
             self._error(int(fault), proxy.retry_after if fault == "429" else None)
             return
 
@@ -246,19 +271,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if k.lower() not in _HOP:
                     conn.putheader(k, v)
             conn.endheaders()
+            got = 0
+            cut = fault == "cut" and self._has_body()
             for chunk in self._body():
+                if cut and got + len(chunk) >= proxy.cut_after:
+                    conn.send(chunk[: proxy.cut_after - got])
+                    proxy._record(Request(method, path, 0, fault, proxy.cut_after))
+                    time.sleep(0.1)  # let the registry take the bytes before the reset
+                    _reset_socket(conn.sock)
+                    self._reset()
+                    return
                 conn.send(chunk)
+                got += len(chunk)
             resp = conn.getresponse()
-            proxy._record(Request(method, path, resp.status, fault))
-            self._relay(resp, method, fault)
+            proxy._record(Request(method, path, resp.status, fault if not cut else "", got))
+            self._relay(resp, method, "" if cut else fault)
         finally:
             conn.close()
+
+    def _has_body(self) -> bool:
+        chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        return chunked or int(self.headers.get("Content-Length") or 0) > 0
 
     def _relay(self, resp: http.client.HTTPResponse, method: str, fault: str) -> None:
         self.send_response_only(resp.status, resp.reason)
         length = resp.getheader("Content-Length")
         no_body = method == "HEAD" or resp.status in (204, 304) or resp.status < 200
-        tamper = fault if fault in _BODY_FAULTS and resp.status == 200 and not no_body else ""
+        body_faults = (*_BODY_FAULTS, "cut")
+        tamper = fault if fault in body_faults and resp.status == 200 and not no_body else ""
         for k, v in resp.getheaders():
             if k.lower() in _HOP or k.lower() in ("transfer-encoding", "content-length"):
                 continue
@@ -285,8 +325,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if tamper == "corrupt" and sent <= n // 2 < sent + len(chunk):
                 i = n // 2 - sent
                 chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
-            if tamper == "truncate" and sent + len(chunk) >= n // 2:
-                self.wfile.write(chunk[: n // 2 - sent])
+            cut_at = n // 2 if tamper == "truncate" else self.server.proxy.cut_after
+            if tamper in ("truncate", "cut") and sent + len(chunk) >= cut_at:
+                self.wfile.write(chunk[: cut_at - sent])
                 self.wfile.flush()
                 self._reset()
                 return
@@ -310,6 +351,9 @@ class Proxy(_Counting):
         failures: int | None = 1,
         match: str | None = None,
         retry_after: int = 0,
+        cut_after: int = 1 << 20,
+        down_for: float = 3.0,
+        after: int = 0,
     ) -> None:
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {FAULTS}")
@@ -319,18 +363,54 @@ class Proxy(_Counting):
         default = r"^GET /v2/.+/blobs/sha256:" if fault in _BODY_FAULTS else r"."
         self.match = re.compile(match or default)
         self.retry_after = retry_after
+        self.cut_after = cut_after
+        self.down_for = down_for
+        self.after = after  # attempts of each request passed through before the faults
+        self.outages: list[tuple[float, float]] = []  # (went down, listening again), monotonic
         self._lock = threading.Lock()
         self._records: list[Request] = []
         self._seen: dict[tuple[str, str], int] = {}
-        self._server = _ProxyServer(("127.0.0.1", 0), _Handler)
-        self._server.proxy = self
-        self.port = int(self._server.server_address[1])
+        self._conns: set[socket.socket] = set()
+        self._closing = False
+        self.port = 0
+        self._listen()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
-        self._thread = threading.Thread(
+
+    def _listen(self) -> None:
+        self._server = _ProxyServer(("127.0.0.1", self.port), _Handler)
+        self._server.proxy = self
+        self.port = int(self._server.server_address[1])
+        threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        ).start()
+
+    def _opened(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._conns.add(conn)
+
+    def _closed(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._conns.discard(conn)
+
+    def _go_down(self) -> None:
+        """Stop listening and drop every connection; listen again after `down_for` seconds."""
+        server = self._server
+        with self._lock:
+            conns = list(self._conns)
+        start = time.monotonic()
+        server.shutdown()  # serve_forever runs on its own thread, not this handler's
+        server.socket.close()  # connecting now is refused
+        for c in conns:
+            _reset_socket(c)
+
+        def back() -> None:
+            time.sleep(self.down_for)
+            if not self._closing:
+                self._listen()
+                self.outages.append((start, time.monotonic()))
+
+        threading.Thread(target=back, daemon=True).start()
 
     def _take_fault(self, method: str, path: str) -> str:
         if not self.fault or not self.match.search(f"{method} {path}"):
@@ -339,7 +419,8 @@ class Proxy(_Counting):
         with self._lock:
             n = self._seen.get(key, 0)
             self._seen[key] = n + 1
-        return self.fault if self.failures is None or n < self.failures else ""
+        n -= self.after
+        return self.fault if n >= 0 and (self.failures is None or n < self.failures) else ""
 
     def _record(self, r: Request) -> None:
         with self._lock:
@@ -357,9 +438,25 @@ class Proxy(_Counting):
             self._records.clear()
             self._seen.clear()
 
+    def sent(self, method: str, path_regex: str = ".") -> int:
+        """Request body bytes the client sent for matching requests, cut ones included."""
+        return sum(
+            r.body for r in self.requests() if r.method == method and re.search(path_regex, r.path)
+        )
+
     def close(self) -> None:
+        self._closing = True
         self._server.shutdown()
         self._server.server_close()
+
+
+def _reset_socket(sock: socket.socket | None) -> None:
+    # SO_LINGER 0: close() sends RST, the way a dropped connection looks to a client.
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
 
 
 # --------------------------------------------------------------------------- certificates
@@ -743,9 +840,21 @@ def flaky_proxy(registry: RegistryServer) -> Iterator[Callable[..., Proxy]]:
         match: str | None = None,
         retry_after: int = 0,
         upstream: RegistryServer | None = None,
+        cut_after: int = 1 << 20,
+        down_for: float = 3.0,
+        after: int = 0,
     ) -> Proxy:
         target = upstream or registry
-        p = Proxy(("127.0.0.1", target.port), fault, failures, match, retry_after)
+        p = Proxy(
+            ("127.0.0.1", target.port),
+            fault,
+            failures,
+            match,
+            retry_after,
+            cut_after,
+            down_for,
+            after,
+        )
         proxies.append(p)
         return p
 
