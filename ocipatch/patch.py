@@ -571,13 +571,17 @@ def _up_to_date(
                 f"fixes {len(result.vulnerabilities_fixed)} of the report's vulnerabilities"
             )
         else:
-            result.notes.append(f"no VEX written: {_NOTHING_FIXED}")
+            result.notes.append(_no_vex(versions))
     result.seconds = time.monotonic() - started
     progress.done(message)
     return result
 
 
-_NOTHING_FIXED = "no vulnerability of the report is fixed in this image by a patch layer"
+def _no_vex(versions: _Versions) -> str:
+    """Why --vex wrote nothing (OpenVEX needs at least one statement)."""
+    if versions.report is None:
+        return "no VEX written: without a report (-r) there are no vulnerabilities to state"
+    return "no VEX written: no vulnerability of the report is fixed in this image by a patch layer"
 
 
 def _finish(
@@ -598,7 +602,7 @@ def _finish(
         if fixed:
             _write_vex(opts.vex, fixed, dest_ref, new_image.digest, image, osr, versions)
         else:
-            result.notes.append(f"no VEX written: {_NOTHING_FIXED}")
+            result.notes.append(_no_vex(versions))
     result.seconds = time.monotonic() - started
     progress.done(f"Patched {len(result.updated)} packages -> {dest_ref}")
     return result
