@@ -280,6 +280,12 @@ def test_a_scanned_layout_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     report = trivy(ArtifactName="./layout")
     assert verdict(report, source(f"oci:{layout}:1")) is Verdict.SAME
     assert verdict(report, source(f"oci:{tmp_path / 'other'}:1")) is Verdict.UNKNOWN
+    spelled = trivy(ArtifactName=f"oci:{layout}:1")
+    assert verdict(spelled, source(f"oci:{layout}/.:2")) is Verdict.SAME
+
+
+def test_a_bare_image_id_is_a_sha256_digest() -> None:
+    assert verdict(trivy(ImageID=CONFIG.split(":")[1].upper()), source()) is Verdict.SAME
 
 
 # --- what a patch does with it ----------------------------------------------------------------

@@ -39,6 +39,7 @@ BASE_DIGEST_LABEL = "dev.ocipatch.base.digest"
 BASE_LAYERS_LABEL = "dev.ocipatch.base.layers"
 
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})$")
+_BARE_ID = re.compile(r"^[0-9a-f]{64}$")
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 _DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.xz", ".tar.bz2")
@@ -105,7 +106,10 @@ class Match:
 
 
 def normalize_digest(text: str) -> str | None:
+    """'sha256:<hex>' in lower case; a bare 64-hex ID (as `docker images` shows) is sha256."""
     d = text.strip().lower()
+    if _BARE_ID.match(d):
+        d = f"sha256:{d}"
     return d if _DIGEST.match(d) else None
 
 
@@ -242,8 +246,21 @@ def _parse(text: str) -> _Name | None:
     return _name(ref) if ref.is_registry else None
 
 
+def _local_path(text: str) -> str:
+    """The file or directory of a path, or of an `oci:DIR[:TAG]`-style reference."""
+    if any(text.startswith(f"{t}:") for t in LOCAL_TRANSPORTS):
+        try:
+            return parse_reference(text).path
+        except UsageError:
+            return text
+    return text
+
+
 def _same_path(a: str, b: str) -> bool:
-    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+    def real(p: str) -> str:
+        return os.path.realpath(os.path.expanduser(_local_path(p)))
+
+    return real(a) == real(b)
 
 
 def _by_reference(report: ReportIdentity, source: SourceIdentity) -> Match:
