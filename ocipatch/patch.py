@@ -245,7 +245,6 @@ def _patch(
     installed = pm.read_db(view)  # apk/rpm say "not supported yet" here
     if not isinstance(pm, Dpkg):
         raise UnsupportedError(f"{pm.name} images are not supported yet")
-    versions = _versions(report, pm, view, image, keep, installed)
     distroless = Dpkg.is_distroless(view)  # status.d, no status file: a tooling image's apt
     if report is not None:
         if report.ecosystem != "deb":
@@ -262,6 +261,7 @@ def _patch(
         )
 
     result = PatchResult("patched", src_ref, source_digest)
+    versions = _versions(report, pm, view, image, keep, installed)  # what the VEX compares
     requirements: list[Requirement] | None = None
     if report is not None:
         requirements, result.skipped = requirements_from(report, installed)
