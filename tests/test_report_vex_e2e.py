@@ -222,6 +222,19 @@ def test_vex_after_a_repatch_lists_every_round(env: Env, original: dict[str, Any
     assert products(read_vex(vex3)) == {product(env, "vex-r2")}
     assert tag_absent(env, "vex-r2-patched"), "nothing written"
 
+    # Trivy's report of the patched image, used for its original: the same product line (the
+    # label names the original), so a note, and the VEX is written for the new image.
+    of_patched = write_report(env, "vex-of-patched", identity_of_registry_image(env, "vex-r1"))
+    vex4 = env.work / "vex4.json"
+    r = ocipatch(
+        env, "-i", env.ref, "-r", str(of_patched), "--vex", str(vex4), "-t", "vex-o", cache=cache
+    )
+    assert r.returncode == 0 and "WARNING" not in r.stderr, r.stderr
+    out = json.loads(r.stdout)
+    assert any("patched from this one" in n for n in out["notes"]), out["notes"]
+    assert statements(read_vex(vex4)) == statements(doc)
+    assert products(read_vex(vex4)) == {product(env, "vex-o")}
+
 
 def test_report_about_another_image(env: Env, original: dict[str, Any]) -> None:
     """A real Trivy identity of another image (the Debian base the test image is built on):
