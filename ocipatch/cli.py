@@ -246,6 +246,11 @@ def _parse_mirror(text: str) -> tuple[str, str]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write an OpenVEX 0.2.0 document of the fixed vulnerabilities.",
 )
+@click.option(
+    "--force-report",
+    is_flag=True,
+    help="Write --vex even from a report about another image than -i (it names the result).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
 @click.option(
     "--ignore-errors",
@@ -288,6 +293,7 @@ def patch(
     overwrite: bool,
     tag_suffix: str,
     vex: Path | None,
+    force_report: bool,
     as_json: bool,
     ignore_errors: bool,
     timeout: str,
@@ -330,6 +336,7 @@ def patch(
         repo_mirrors=[_parse_mirror(m) for m in repo_mirrors],
         insecure_repos=insecure_repos,
         tooling_image=tooling_image,
+        force_report=force_report,
     )
     result = run_patch(ctx, opts, progress)
     for note in result.notes:

@@ -29,6 +29,7 @@ from ocipatch.distro.detect import OsRelease, read_os_release
 from ocipatch.distro.dpkg import DpkgPatcher, exclude
 from ocipatch.distro.dpkgdirect import DirectConfig, DpkgDirectPatcher
 from ocipatch.distro.fetchahead import FetchAhead
+from ocipatch.distro.versions import Comparator, comparator
 from ocipatch.errors import UnsupportedError, UsageError
 from ocipatch.fs.changes import Change, diff
 from ocipatch.fs.layerwriter import write_layer
@@ -42,6 +43,8 @@ from ocipatch.oci.sameref import Clash, check_output_file, guard
 from ocipatch.oci.transport import write_image
 from ocipatch.oci.types import Descriptor
 from ocipatch.progress import Progress
+from ocipatch.reports import identity
+from ocipatch.reports.fixes import Fixed, after_patch, fixed_by_patch, fixed_ids, lowest_versions
 from ocipatch.reports.load import check_report_matches, load_report
 from ocipatch.reports.model import UpdateManifest
 from ocipatch.resultcache import CachedResult, ResultCache, plan_key
@@ -49,8 +52,8 @@ from ocipatch.workspace import Unpacked, size_estimate, unpack_image, work_dir
 
 log = logging.getLogger(__name__)
 
-LABEL_BASE_LAYERS = "dev.ocipatch.base.layers"
-LABEL_BASE_DIGEST = "dev.ocipatch.base.digest"
+LABEL_BASE_LAYERS = identity.BASE_LAYERS_LABEL
+LABEL_BASE_DIGEST = identity.BASE_DIGEST_LABEL
 HISTORY_PREFIX = "ocipatch patch"
 
 
@@ -70,6 +73,7 @@ class PatchOptions:
     insecure_repos: bool = False
     tooling_image: str | None = None  # distroless: the image whose apt/dpkg does the work
     overwrite: bool = False  # let -t name the source (ocipatch.oci.sameref)
+    force_report: bool = False  # --vex from a report about another image
 
 
 @dataclass
@@ -83,6 +87,7 @@ class PatchResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     vulnerabilities_fixed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown when found; in --json's notes
     plan: Plan | None = None
     seconds: float = 0.0
     layer_size: int = 0
@@ -99,7 +104,7 @@ class PatchResult:
             "updated": [{"name": n, "from": a, "to": b} for n, a, b in self.updated],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "vulnerabilities_fixed": self.vulnerabilities_fixed,
-            "notes": self.notes,
+            "notes": [*self.warnings, *self.notes],
             "replaced": (
                 {"reference": self.replaced[0], "digest": self.replaced[1]}
                 if self.replaced
@@ -196,16 +201,23 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
 
     progress.step(f"Reading {src_ref}")
     image = ctx.open_image(src_ref)
+    said = _check_report_image(opts, report, image, src_ref)  # before anything is written
+    if said.warning:
+        progress.warn(said.warning)
     if report is not None and not report.updates and report.ecosystem == "deb":
         # Nothing in the report has a fix: whatever the image holds, there is nothing to do,
         # and no layer needs reading to say so.
         digest = image.index.digest if image.index is not None else image.digest
         result = PatchResult("up-to-date", src_ref, digest)
+        if opts.vex is not None:
+            result.notes.append("no VEX written: the report lists no package with a fixed version")
         result.seconds = time.monotonic() - started
         progress.done("Nothing to patch: the report lists no package with a fixed version")
-        return result
-    with contextlib.ExitStack() as stack:
-        result = _patch(ctx, opts, progress, image, stack, started, src_ref, dest_ref, report)
+    else:
+        with contextlib.ExitStack() as stack:
+            result = _patch(ctx, opts, progress, image, stack, started, src_ref, dest_ref, report)
+    result.warnings += [said.warning] if said.warning else []
+    result.notes[:0] = [said.note] if said.note else []
     return _replaced(result, clash)
 
 
@@ -216,6 +228,31 @@ def _replaced(result: PatchResult, clash: Clash | None) -> PatchResult:
         result.replaced = (str(result.image), old)
         result.notes.append(f"replaced {result.image}, which named {old} before")
     return result
+
+
+def _check_report_image(
+    opts: PatchOptions, report: UpdateManifest | None, image: Image, src_ref: ImageRef
+) -> identity.Assessment:
+    """Whether the report was made from this image (reports/identity.py has the rule); a
+    ReportError when --vex would state fixes for another product."""
+    if report is None:
+        return identity.Assessment()
+    source = identity.source_identity(
+        src_ref,
+        image.digest,
+        image.index.digest if image.index is not None else None,
+        image.config_descriptor.digest,
+        [layer.diff_id for layer in image.layers],
+        base_layer_count(image),
+        (image.config.get("config") or {}).get("Labels") or {},
+    )
+    return identity.assess(
+        report.identity,
+        source,
+        report_path=str(opts.report),
+        vex=opts.vex is not None,
+        force=opts.force_report,
+    )
 
 
 def _patch(
@@ -264,16 +301,21 @@ def _patch(
         )
 
     result = PatchResult("patched", src_ref, source_digest)
+    versions = _versions(report, pm, view, image, keep, installed)  # what the VEX compares
     requirements: list[Requirement] | None = None
     if report is not None:
         requirements, result.skipped = requirements_from(report, installed)
         if not requirements:
-            result.status = "up-to-date"
-            result.seconds = time.monotonic() - started
-            progress.done(
-                "Nothing to patch: every package in the report is already fixed or absent"
+            return _up_to_date(
+                opts,
+                result,
+                versions,
+                image,
+                osr,
+                started,
+                progress,
+                "Nothing to patch: every package in the report is already fixed or absent",
             )
-            return result
 
     results = ResultCache(ctx.cache.work_dir("results"), ctx.cache)
     key: str | None = None
@@ -308,7 +350,7 @@ def _patch(
             if hit is not None:
                 progress.step("The same patch was made before: reusing its layer")
                 return _from_cache(
-                    ctx, opts, image, keep, hit, result, dest_ref, osr, started, progress
+                    ctx, opts, image, keep, hit, result, dest_ref, osr, versions, started, progress
                 )
             plan_later = ahead.fetch  # a miss: the packages are fetched beside the snapshot
     if unpacked is None:
@@ -384,10 +426,16 @@ def _patch(
         result.seconds = time.monotonic() - started
         return result
     if not plan.updates:
-        result.status = "up-to-date"
-        result.seconds = time.monotonic() - started
-        progress.done("Nothing to patch: no newer packages")
-        return result
+        return _up_to_date(
+            opts,
+            result,
+            versions,
+            image,
+            osr,
+            started,
+            progress,
+            "Nothing to patch: no newer packages",
+        )
     if ahead is not None:
         ahead.wait()
     snap = unpacked.snap.result()  # before anything writes to the tree
@@ -415,7 +463,7 @@ def _patch(
     if key is not None:
         results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
 
-    return _finish(opts, result, plan, osr, image, new_image, dest_ref, started, progress)
+    return _finish(opts, result, osr, image, new_image, dest_ref, versions, started, progress)
 
 
 def _with_package_ownership(
@@ -444,11 +492,6 @@ def _conffile_notes(changes: list[Change]) -> list[str]:
     ]
 
 
-def _fixed_ids(result: PatchResult, plan: Plan) -> list[str]:
-    failed = {n for n, _ in result.skipped}
-    return sorted({v for i in plan.updates if i.name not in failed for v in i.vulnerabilities})
-
-
 def _meta(result: PatchResult, plan: Plan) -> dict[str, Any]:
     """What a cache hit needs to report the same result as the run that made the layer."""
     return {
@@ -468,6 +511,7 @@ def _from_cache(
     result: PatchResult,
     dest_ref: ImageRef,
     osr: OsRelease | None,
+    versions: _Versions,
     started: float,
     progress: Progress,
 ) -> PatchResult:
@@ -506,24 +550,100 @@ def _from_cache(
     progress.step(f"Writing {dest_ref}")
     result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
     result.image = dest_ref
-    return _finish(opts, result, plan, osr, image, new_image, dest_ref, started, progress)
+    return _finish(opts, result, osr, image, new_image, dest_ref, versions, started, progress)
+
+
+@dataclass
+class _Versions:
+    """What the fixed vulnerabilities are read from: the report, and the package versions of
+    the original image (below any earlier patch layer) and of the source, by name."""
+
+    report: UpdateManifest | None
+    base: dict[str, str]
+    source: dict[str, str]
+    compare: Comparator
+    ecosystem: str
+
+    def fixed(self, updated: list[tuple[str, str, str]]) -> list[Fixed]:
+        """Every report fix the patch layer carries (this round's and earlier rounds')."""
+        return fixed_by_patch(
+            self.report, self.base, after_patch(self.source, updated), self.compare
+        )
+
+
+def _versions(
+    report: UpdateManifest | None,
+    pm: Dpkg,
+    view: MergedView,
+    image: Image,
+    keep: int,
+    installed: list[InstalledPackage],
+) -> _Versions:
+    cmp = comparator(pm.ecosystem)
+    source = lowest_versions(((p.name, p.version) for p in installed), cmp)
+    base = source
+    if report is not None and keep < len(image.layers):
+        # The original's packages: the merged base layers (indexed by now, the DB captured).
+        below = pm.read_db(MergedView(image.layers[:keep], view.index_cache_dir))
+        base = lowest_versions(((p.name, p.version) for p in below), cmp)
+    return _Versions(report, base, source, cmp, pm.ecosystem)
+
+
+def _up_to_date(
+    opts: PatchOptions,
+    result: PatchResult,
+    versions: _Versions,
+    image: Image,
+    osr: OsRelease | None,
+    started: float,
+    progress: Progress,
+    message: str,
+) -> PatchResult:
+    """Nothing to write; an image ocipatch patched before still carries its fixes: they are
+    reported, and --vex states them for the source image itself."""
+    result.status = "up-to-date"
+    fixed = versions.fixed([])
+    result.vulnerabilities_fixed = fixed_ids(fixed)
+    if opts.vex is not None:
+        if fixed:
+            _write_vex(opts.vex, fixed, result.source, image.digest, image, osr, versions)
+            result.notes.append(
+                f"wrote the VEX for {result.source} ({image.digest}): its patch layer already "
+                f"fixes {len(result.vulnerabilities_fixed)} of the report's vulnerabilities"
+            )
+        else:
+            result.notes.append(_no_vex(versions))
+    result.seconds = time.monotonic() - started
+    progress.done(message)
+    return result
+
+
+def _no_vex(versions: _Versions) -> str:
+    """Why --vex wrote nothing (OpenVEX needs at least one statement)."""
+    if versions.report is None:
+        return "no VEX written: without a report (-r) there are no vulnerabilities to state"
+    return "no VEX written: no vulnerability of the report is fixed in this image by a patch layer"
 
 
 def _finish(
     opts: PatchOptions,
     result: PatchResult,
-    plan: Plan,
     osr: OsRelease | None,
     image: Image,
     new_image: Image,
     dest_ref: ImageRef,
+    versions: _Versions,
     started: float,
     progress: Progress,
 ) -> PatchResult:
     """What a written patch (made now or reused) reports: fixed ids, the VEX, the time."""
-    result.vulnerabilities_fixed = _fixed_ids(result, plan)
+    fixed = versions.fixed(result.updated)
+    result.vulnerabilities_fixed = fixed_ids(fixed)
     if opts.vex is not None:
-        _write_vex(opts.vex, result, plan, osr, image, new_image)
+        if fixed:
+            _write_vex(opts.vex, fixed, dest_ref, new_image.digest, image, osr, versions)
+        else:
+            result.notes.append(_no_vex(versions))
     result.seconds = time.monotonic() - started
     progress.done(f"Patched {len(result.updated)} packages -> {dest_ref}")
     return result
@@ -574,37 +694,33 @@ def _original_digest(image: Image, keep: int) -> str:
 
 def _write_vex(
     path: Path,
-    result: PatchResult,
-    plan: Plan,
-    osr: OsRelease | None,
+    fixed: list[Fixed],
+    ref: ImageRef,
+    digest: str,
     image: Image,
-    new_image: Image,
+    osr: OsRelease | None,
+    versions: _Versions,
 ) -> None:
-    from ocipatch.vex import FixedVuln, build_vex, deb_purl, oci_purl, vex_json
+    """One `fixed` statement per vulnerability, product the image `ref` at `digest`."""
+    from ocipatch.vex import build_vex, fixed_vulns, oci_purl, package_purl, vex_json
 
-    assert result.image is not None and result.image_digest is not None
     arch = image.platform.architecture
-    failed = {n for n, _ in result.skipped}
-    new_versions = {n: v for n, _, v in result.updated}
-    by_vuln: dict[str, list[str]] = {}
-    for item in plan.updates:
-        if item.name in failed or item.name not in new_versions:
-            continue
-        purl = deb_purl(
-            osr.id if osr else "debian",
-            item.name,
-            new_versions[item.name],
-            arch,
-            osr.version_id if osr else None,
+    pairs = [
+        (
+            f.update,
+            package_purl(
+                versions.ecosystem,
+                osr.id if osr else "debian",
+                f.update.name,
+                f.version,
+                arch,
+                osr.version_id if osr else None,
+            ),
         )
-        for v in item.vulnerabilities:
-            by_vuln.setdefault(v, []).append(purl)
-    if not by_vuln:
-        return
-    ref = result.image
+        for f in fixed
+    ]
     if ref.is_registry:
-        product = oci_purl(ref.name, new_image.digest, ref.tag, arch)
+        product = oci_purl(ref.name, digest, ref.tag, arch)
     else:
-        product = oci_purl("", new_image.digest, ref.tag, arch, name=Path(ref.path).stem or "image")
-    doc = build_vex(product, [FixedVuln(v, sorted(p)) for v, p in sorted(by_vuln.items())])
-    path.write_text(vex_json(doc))
+        product = oci_purl("", digest, ref.tag, arch, name=Path(ref.path).stem or "image")
+    path.write_text(vex_json(build_vex(product, fixed_vulns(pairs))))

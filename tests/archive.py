@@ -45,9 +45,18 @@ def pending_updates(installed: dict[str, str], arch: str = "amd64") -> dict[str,
 
 
 def trivy_report(
-    installed: dict[str, str], fixed: dict[str, str], arch: str = "amd64", os_name: str = "12.5"
+    installed: dict[str, str],
+    fixed: dict[str, str],
+    arch: str = "amd64",
+    os_name: str = "12.5",
+    *,
+    artifact: str | None = None,
+    metadata: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    """A Trivy JSON (SchemaVersion 2) report: one CVE-TEST id per package needing an update."""
+    """A Trivy JSON (SchemaVersion 2) report: one CVE-TEST id per package needing an update.
+
+    Without `artifact` and `metadata` it names no image (as a hand-made report); with them it
+    carries ArtifactName and identity fields (ImageID, RepoDigests, DiffIDs ...) as Trivy's do."""
     vulns = [
         {
             "VulnerabilityID": f"CVE-2099-{i:04d}",
@@ -58,20 +67,21 @@ def trivy_report(
         }
         for i, name in enumerate(sorted(fixed))
     ]
-    return {
-        "SchemaVersion": 2,
-        "ArtifactName": "test",
-        "ArtifactType": "container_image",
-        "Metadata": {
-            "OS": {"Family": "debian", "Name": os_name},
-            "ImageConfig": {"architecture": arch, "os": "linux"},
-        },
-        "Results": [
-            {
-                "Target": "test (debian 12)",
-                "Class": "os-pkgs",
-                "Type": "debian",
-                "Vulnerabilities": vulns,
-            }
-        ],
+    doc: dict[str, object] = {"SchemaVersion": 2}
+    if artifact is not None:
+        doc["ArtifactName"] = artifact
+    doc["ArtifactType"] = "container_image"
+    doc["Metadata"] = {
+        "OS": {"Family": "debian", "Name": os_name},
+        "ImageConfig": {"architecture": arch, "os": "linux"},
+        **(metadata or {}),
     }
+    doc["Results"] = [
+        {
+            "Target": f"{artifact or 'image'} (debian 12)",
+            "Class": "os-pkgs",
+            "Type": "debian",
+            "Vulnerabilities": vulns,
+        }
+    ]
+    return doc

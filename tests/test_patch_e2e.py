@@ -23,7 +23,15 @@ from tests.plugins.images import skopeo, trivy_packages, umoci_unpack
 
 ROOT = Path(__file__).resolve().parents[1]
 OCIPATCH = ROOT / ".venv" / "bin" / "ocipatch"
-SCHEMA = ROOT.parent / "shared" / "schemas" / "openvex_json_schema_0.2.0.json"
+# ../shared beside the checkout, or two levels up from a worktree (/work/wt/NAME).
+SCHEMA = next(
+    (
+        p / "shared" / "schemas" / "openvex_json_schema_0.2.0.json"
+        for p in ROOT.parents[:2]
+        if (p / "shared" / "schemas").is_dir()
+    ),
+    ROOT.parent / "shared" / "schemas" / "openvex_json_schema_0.2.0.json",
+)
 FIRST = ("openssl", "libssl3")  # the first patch fixes these; the second, everything
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ocipatch.distro.versions import Comparator, comparator
 from ocipatch.errors import ReportError, UnsupportedError
+from ocipatch.reports.identity import ReportIdentity
 
 # OS family (Trivy's Metadata.OS.Family, or an /etc/os-release ID) -> package ecosystem.
 _DEB_FAMILIES = frozenset({"debian", "ubuntu"})
@@ -88,6 +89,7 @@ class UpdateManifest:
     variant: str | None
     updates: list[PackageUpdate] = field(default_factory=list)
     lang_updates_ignored: int = 0
+    identity: ReportIdentity | None = None  # the image the report was made from, if it says
 
     @property
     def ecosystem(self) -> str:

@@ -2,7 +2,8 @@
 
 Used fields: Metadata.OS {Family, Name}; Metadata.ImageConfig {architecture, variant} (the
 image config, so GOARCH names); Results[] {Class, Type, Vulnerabilities[] {PkgName, SrcName,
-InstalledVersion, FixedVersion, VulnerabilityID}}. Only `Class == "os-pkgs"` results become
+InstalledVersion, FixedVersion, VulnerabilityID}}; the image's identity (ArtifactName,
+Metadata.ImageID, RepoDigests, RepoTags, DiffIDs, ImageConfig labels) via reports.identity. Only `Class == "os-pkgs"` results become
 updates; language-package findings are counted and left alone.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ocipatch.errors import ReportError
+from ocipatch.reports.identity import trivy_identity
 from ocipatch.reports.model import (
     ReportEntry,
     UpdateManifest,
@@ -115,4 +117,5 @@ def parse_trivy(doc: dict[str, Any], report: str = "report") -> UpdateManifest:
         variant=variant,
         updates=build_updates(entries, ecosystem, report),
         lang_updates_ignored=lang_ignored,
+        identity=trivy_identity(doc),
     )
