@@ -5,7 +5,6 @@ module derives the rest (index resolution, platform choice, verification, cachin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any, BinaryIO, Protocol
 from ocipatch.background import start_each
 from ocipatch.errors import ImageFormatError, IntegrityError, PlatformError
 from ocipatch.fs.compress import open_decompressed
+from ocipatch.oci import jsondoc
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.cache import BlobCache
 from ocipatch.oci.digest import VerifiedReader, verify_bytes
@@ -154,13 +154,7 @@ class Image:
 
 
 def _load_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ImageFormatError(f"{what} is not valid JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise ImageFormatError(f"{what} is not a JSON object")
-    return obj
+    return jsondoc.parse_object(data, what)
 
 
 def media_type_of(data: bytes, declared: str) -> str:
