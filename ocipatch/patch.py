@@ -199,6 +199,16 @@ def _patch(
         unpacked = unpack_image(image, keep, work, progress, view.add_index)
         stack.callback(concurrent.futures.wait, [unpacked.snap])  # before the tree goes
     osr = read_os_release(view)
+    if report is not None:  # first: another image's report is the error, whatever its OS
+        plat = image.platform
+        check_report_matches(
+            report,
+            osr.id if osr else "",
+            osr.version_id if osr else "",
+            plat.architecture,
+            plat.variant,
+            image=str(src_ref),
+        )
     pm = detect(view)
     if pm is None:
         raise UnsupportedError(
@@ -208,19 +218,8 @@ def _patch(
     if not isinstance(pm, Dpkg):
         raise UnsupportedError(f"{pm.name} images are not supported yet")
     distroless = Dpkg.is_distroless(view)  # status.d, no status file: a tooling image's apt
-    if report is not None:
-        if report.ecosystem != "deb":
-            raise UnsupportedError(
-                f"the report is for a {report.os_type} image ({report.ecosystem} packages): not supported yet"
-            )
-        plat = image.platform
-        check_report_matches(
-            report,
-            osr.id if osr else "",
-            osr.version_id if osr else "",
-            plat.architecture,
-            plat.variant,
-        )
+    if report is not None and report.ecosystem != "deb":
+        raise UnsupportedError(f"the report lists {report.ecosystem} packages: not supported yet")
 
     result = PatchResult("patched", src_ref, source_digest)
     requirements: list[Requirement] | None = None
