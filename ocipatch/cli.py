@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -180,11 +181,12 @@ def _parse_duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600}
     t = text.strip().lower()
     try:
-        if t and t[-1] in units:
-            return float(t[:-1]) * units[t[-1]]
-        return float(t)
+        seconds = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
-        raise UsageError(f"invalid --timeout {text!r}: use e.g. 90s, 10m or 1h") from None
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise UsageError(f"invalid --timeout {text!r}: use e.g. 90s, 10m or 1h")
+    return seconds
 
 
 def _parse_mirror(text: str) -> tuple[str, str]:

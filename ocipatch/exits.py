@@ -29,8 +29,8 @@ def describe(e: BaseException) -> tuple[str, int]:
     if isinstance(e, KeyboardInterrupt | click.exceptions.Abort):
         return "interrupted", EXIT_INTERRUPTED
     if isinstance(e, OSError):  # permissions and the like: the file and the reason say enough
-        where = f": {e.filename}" if e.filename else ""
-        return f"{e.strerror or e}{where}", 1
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror or e}", 1
     return (
         f"internal error: {type(e).__name__}: {e} (rerun with --debug and report it)",
         EXIT_INTERNAL,

@@ -43,7 +43,13 @@ from ocipatch.progress import Progress
 from ocipatch.reports.load import check_report_matches, load_report
 from ocipatch.reports.model import UpdateManifest
 from ocipatch.resultcache import CachedResult, ResultCache, plan_key
-from ocipatch.workspace import Unpacked, size_estimate, unpack_image, work_dir
+from ocipatch.workspace import (
+    Unpacked,
+    room_in_scratch,
+    size_estimate,
+    unpack_image,
+    work_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +355,8 @@ def _patch(
     if ahead is not None:
         ahead.wait()
     snap = unpacked.snap.result()  # before anything writes to the tree
-    outcome = patcher.apply(plan)
+    with room_in_scratch(work):
+        outcome = patcher.apply(plan)
     failed = patcher.verify(plan, ignore_errors=opts.ignore_errors)
     result.skipped += [(i.name, i.reason) for i in failed]
     result.updated = outcome.updated
@@ -491,7 +498,7 @@ def _write_patch_layer(
 ) -> tuple[str, str, int]:
     """Write the layer into the blob cache; (digest, diff_id, size)."""
     tmp_dir = ctx.cache.work_dir("tmp")
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as out:
+    with ctx.cache.room(), tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as out:
         info = write_layer(changes, out, compression)  # type: ignore[arg-type]
     ctx.cache.put_file(info.digest, Path(out.name))
     return info.digest, info.diff_id, info.size

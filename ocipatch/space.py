@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocipatch.errors import OutOfSpaceError
+from ocipatch.errors import OutOfSpaceError, UsageError
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -68,14 +68,51 @@ def out_of_space(e: OSError, place: Place | None = None) -> OutOfSpaceError:
     """The one-line error for ENOSPC/EDQUOT, with or without a known place."""
     full = "is full" if e.errno == errno.ENOSPC else "is over its disk quota"
     if place is not None:
-        return OutOfSpaceError(
-            f"{place.what} {place.path}{_fs_size(place.path)} {full}: {place.remedy}"
-        )
+        return place_full(place, full)
     where = f" writing {e.filename}" if e.filename else ""
     return OutOfSpaceError(
         f"the disk {full}{where}: free space there; ocipatch unpacks images in "
         "OCIPATCH_WORK_DIR (default /dev/shm or the cache) and caches blobs in --cache-dir"
     )
+
+
+def place_full(place: Place, full: str = "is full", doing: str = "") -> OutOfSpaceError:
+    prefix = f"{doing}: " if doing else ""
+    return OutOfSpaceError(
+        f"{prefix}{place.what} {place.path}{_fs_size(place.path)} {full}: {place.remedy}"
+    )
+
+
+def fullest(places: list[Place]) -> Place:
+    """Of places a tool wrote to, the one with the least room left: where it ran out."""
+
+    def free(place: Place) -> int:
+        try:
+            st = os.statvfs(_existing(place.path))
+        except OSError:
+            return 1 << 62
+        return st.f_bavail * st.f_frsize
+
+    return min(places, key=free)
+
+
+def writable_dir(path: Path, setting: str) -> Path:
+    """path, created if missing; UsageError naming `setting` if it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        usable = os.access(path, os.W_OK | os.X_OK)
+        why = "not writable"
+    except OSError as e:
+        usable, why = False, e.strerror or str(e)
+    if not usable:
+        raise UsageError(f"{setting} {path} is not a usable directory ({why}): {_choose(setting)}")
+    return path
+
+
+def _choose(setting: str) -> str:
+    if setting.startswith("OCIPATCH_WORK_DIR"):
+        return "set OCIPATCH_WORK_DIR to a directory you can write, or unset it"
+    return "pass --cache-dir DIR, a directory you can write"
 
 
 def _inside(filename: object, root: Path) -> bool:
@@ -90,15 +127,18 @@ def _inside(filename: object, root: Path) -> bool:
 
 
 def _fs_size(path: Path) -> str:
-    """' (a 2.0 MiB file system)': a small disk is often the whole story."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    """' (on a 2.0 MiB file system)': a small disk is often the whole story."""
     try:
-        st = os.statvfs(probe)
+        st = os.statvfs(_existing(path))
     except OSError:
         return ""
     return f" (on a {_human(st.f_blocks * st.f_frsize)} file system)"
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _human(n: int) -> str:
