@@ -113,6 +113,8 @@ def _not_a_tar(path: Path, e: BaseException) -> str:
     if magic.startswith(_GZIP_MAGIC) or magic == _ZSTD_MAGIC:
         kind = "gzip" if magic.startswith(_GZIP_MAGIC) else "zstd"
         return f"is {kind}-compressed: decompress it to a plain tar first"
+    if str(e) == "unexpected end of data":
+        return "is truncated (it ends inside a member): copy or save the archive again"
     return f"is not a complete tar archive ({e}): the file is damaged, truncated or not an archive"
 
 
@@ -220,7 +222,7 @@ class DockerArchiveSource:
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
             raise ImageFormatError(
-                f"{self._what}: image config {config_name} has no rootfs.diff_ids list"
+                f"{self._what}: image config {config_name} has no rootfs.diff_ids list of digests"
             )
         layer_names = list(entry.get("Layers") or [])
         if len(diff_ids) != len(layer_names):

@@ -6,6 +6,7 @@ import codecs
 import json
 import os
 import re
+import select
 import stat
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def parse_report(doc: Any, report: str = "report") -> UpdateManifest:
 
 
 MAX_REPORT_BYTES = 256 << 20  # 256 MiB: far above a Trivy report of a large image
+PIPE_WAIT = 10.0  # seconds a named pipe may stay silent before the report is refused
 _KINDS = (
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
@@ -103,6 +105,11 @@ def _read_report(path: Path) -> bytes:
         # O_NONBLOCK: opening a named pipe nobody writes to would otherwise wait forever.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         with os.fdopen(fd, "rb", buffering=0) as f:
+            if stat.S_ISFIFO(st.st_mode) and not _writer_came(fd):
+                raise ReportError(
+                    f"report {path} is a named pipe nobody wrote to within {PIPE_WAIT:.0f} s: "
+                    "start the writer first, or pass the report file"
+                )
             os.set_blocking(fd, True)
             data = _read_at_most(f, MAX_REPORT_BYTES + 1)
     except OSError as e:
@@ -110,6 +117,14 @@ def _read_report(path: Path) -> bytes:
     if len(data) > MAX_REPORT_BYTES:
         raise _too_large(path, None)
     return data
+
+
+def _writer_came(fd: int) -> bool:
+    """Whether a pipe's writer wrote or hung up within PIPE_WAIT (Linux reports no hang-up for
+    a named pipe no writer ever opened, so this waits for one instead of reading an early EOF)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(PIPE_WAIT * 1000))
 
 
 def _read_at_most(f: BinaryIO, limit: int) -> bytes:
