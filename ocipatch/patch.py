@@ -198,7 +198,10 @@ def _patch(
     view = MergedView(image.layers, ctx.cache.work_dir("index"))
     keep = base_layer_count(image)
     unpacked: Unpacked | None = None
-    if not view.indexed():
+    # A report of another package manager fails below (another image's report, or an image
+    # ocipatch cannot patch): the index alone says which, so nothing is unpacked for it.
+    doomed = report is not None and report.ecosystem != "deb"
+    if not view.indexed() and not doomed:
         # An image this cache has not seen (so no patch of it is cached either): one pass over
         # each layer extracts and indexes it, instead of one pass for each.
         work = stack.enter_context(work_dir(ctx, size_estimate(image)))
