@@ -277,7 +277,10 @@ CASES: dict[str, Case] = {
         _patch(lambda t: Path("/dev/zero")), 10, ("/dev/zero is a character device", "256 MiB")
     ),
     "report is a FIFO nobody writes to": Case(
-        _patch(_fifo), 10, ("fifo.json is a named pipe nobody wrote to within 10 s",), debug=False
+        _patch(_fifo),
+        10,
+        ("fifo.json is a named pipe nobody opened for writing within 10 s",),
+        debug=False,
     ),
     "report does not exist": Case(
         _patch(lambda t: t / "absent.json"), 10, ("absent.json does not exist",)
@@ -530,3 +533,16 @@ def test_destination_full_names_it(tmp_path: Path, small_fs: Path) -> None:
     src = _big_layout(tmp_path, os.urandom(3 << 20))
     args = ["copy", src, f"oci:{small_fs / 'out'}:v1", "--cache-dir", str(tmp_path / "c")]
     assert_one_line(run(*args), 15, f"the destination directory {small_fs / 'out'}", "is full")
+
+
+def test_report_from_a_pipe_is_read(tmp_path: Path) -> None:
+    """`-r /dev/stdin` reads what the pipe carries (here another image's report: exit 10)."""
+    args = _patch(lambda t: Path("/dev/stdin"))(tmp_path)
+    r = subprocess.run(
+        [str(OCIPATCH), *args],
+        input=json.dumps(ALPINE_REPORT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_line(r, 10, "the report is for an alpine 3.19.1 image")

@@ -164,8 +164,8 @@ def _load_config(data: bytes) -> dict[str, Any]:
     def bad(field: str, want: str) -> ImageFormatError:
         return ImageFormatError(f"image config is malformed: {field} is not {want}")
 
-    rootfs = config.get("rootfs", {})
-    diff_ids = rootfs.get("diff_ids", []) if isinstance(rootfs, dict) else None
+    rootfs = config.get("rootfs") or {}
+    diff_ids = (rootfs.get("diff_ids") or []) if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list) or not all(is_digest(d) for d in diff_ids):
         raise bad("rootfs.diff_ids", "a list of digests")
     for key in ("os", "architecture", "variant"):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import codecs
+import concurrent.futures
 import json
 import os
 import re
-import select
 import stat
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ocipatch import background
 from ocipatch.errors import ReportError
 from ocipatch.reports.model import UpdateManifest, ecosystem_for_os, normalize_family
 from ocipatch.reports.native import looks_native, parse_native
@@ -62,7 +63,7 @@ def parse_report(doc: Any, report: str = "report") -> UpdateManifest:
 
 
 MAX_REPORT_BYTES = 256 << 20  # 256 MiB: far above a Trivy report of a large image
-PIPE_WAIT = 10.0  # seconds a named pipe may stay silent before the report is refused
+PIPE_WAIT = 10.0  # seconds a named pipe may wait for its writer before the report is refused
 _KINDS = (
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
@@ -102,15 +103,8 @@ def _read_report(path: Path) -> bytes:
     if stat.S_ISREG(st.st_mode) and st.st_size > MAX_REPORT_BYTES:
         raise _too_large(path, st.st_size)
     try:
-        # O_NONBLOCK: opening a named pipe nobody writes to would otherwise wait forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = _open_pipe(path) if stat.S_ISFIFO(st.st_mode) else os.open(path, os.O_RDONLY)
         with os.fdopen(fd, "rb", buffering=0) as f:
-            if stat.S_ISFIFO(st.st_mode) and not _writer_came(fd):
-                raise ReportError(
-                    f"report {path} is a named pipe nobody wrote to within {PIPE_WAIT:.0f} s: "
-                    "start the writer first, or pass the report file"
-                )
-            os.set_blocking(fd, True)
             data = _read_at_most(f, MAX_REPORT_BYTES + 1)
     except OSError as e:
         raise ReportError(f"cannot read report {path}: {e.strerror or e}") from None
@@ -119,12 +113,18 @@ def _read_report(path: Path) -> bytes:
     return data
 
 
-def _writer_came(fd: int) -> bool:
-    """Whether a pipe's writer wrote or hung up within PIPE_WAIT (Linux reports no hang-up for
-    a named pipe no writer ever opened, so this waits for one instead of reading an early EOF)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(PIPE_WAIT * 1000))
+def _open_pipe(path: Path) -> int:
+    """Open a pipe for reading. An anonymous one (`/dev/stdin`, `<(...)`) opens at once and is
+    read for as long as its writer takes; a named one waits for a writer to open it, at most
+    PIPE_WAIT seconds, instead of forever."""
+    opening = background.start(lambda: os.open(path, os.O_RDONLY), "open report pipe")
+    try:
+        return opening.result(timeout=PIPE_WAIT)
+    except concurrent.futures.TimeoutError:
+        raise ReportError(
+            f"report {path} is a named pipe nobody opened for writing within {PIPE_WAIT:.0f} s: "
+            "start the writer first, or pass the report file"
+        ) from None
 
 
 def _read_at_most(f: BinaryIO, limit: int) -> bytes:
