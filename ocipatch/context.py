@@ -52,6 +52,7 @@ class Context:
             space.writable_dir(
                 cache_dir or default_cache_dir(),
                 "--cache-dir" if cache_dir else "the cache directory",
+                "pass --cache-dir DIR, a directory you can write",
             )
         )
         platform = Platform.parse(platform_text) if platform_text else None

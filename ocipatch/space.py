@@ -96,7 +96,7 @@ def fullest(places: list[Place]) -> Place:
     return min(places, key=free)
 
 
-def writable_dir(path: Path, setting: str) -> Path:
+def writable_dir(path: Path, setting: str, remedy: str) -> Path:
     """path, created if missing; UsageError naming `setting` if it cannot be written."""
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -105,14 +105,8 @@ def writable_dir(path: Path, setting: str) -> Path:
     except OSError as e:
         usable, why = False, e.strerror or str(e)
     if not usable:
-        raise UsageError(f"{setting} {path} is not a usable directory ({why}): {_choose(setting)}")
+        raise UsageError(f"{setting} {path} is not a usable directory ({why}): {remedy}")
     return path
-
-
-def _choose(setting: str) -> str:
-    if setting.startswith("OCIPATCH_WORK_DIR"):
-        return "set OCIPATCH_WORK_DIR to a directory you can write, or unset it"
-    return "pass --cache-dir DIR, a directory you can write"
 
 
 def _inside(filename: object, root: Path) -> bool:

@@ -30,7 +30,11 @@ def scratch_base(ctx: Context, needed: int) -> Path:
     ~10k files there takes a fraction of a second, on a slow disk several); else the cache."""
     env = os.environ.get("OCIPATCH_WORK_DIR")
     if env:
-        return space.writable_dir(Path(env), "OCIPATCH_WORK_DIR")
+        return space.writable_dir(
+            Path(env),
+            "OCIPATCH_WORK_DIR",
+            "set OCIPATCH_WORK_DIR to a directory you can write, or unset it",
+        )
     try:
         st = os.statvfs(SHM)
         free = st.f_bavail * st.f_frsize
