@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,48 +17,33 @@ from typing import Any, TypeVar
 import click
 
 from ocipatch import __version__
-from ocipatch.errors import OcipatchError, UsageError
+from ocipatch.errors import UsageError
+from ocipatch.exits import OneLineGroup, fail
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"ocipatch: error: {message}", err=True)
-    sys.exit(code)
-
 
 def handle_errors(fn: F) -> F:
+    """Run a command; any failure ends as one line and its documented code (ocipatch.exits).
+    --debug, given before or after the command name, adds the traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(kwargs.get("debug"))
+        kwargs["debug"] = bool(kwargs.get("debug")) or _group_debug()
         try:
             return fn(*args, **kwargs)
-        except OcipatchError as e:
-            if debug:
-                raise
-            _fail(str(e), e.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", EXIT_INTERRUPTED)
         except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing to say
             sys.stderr.close()
             sys.exit(1)
-        except OSError as e:  # disk full, permissions: the file and the reason say enough
-            if debug:
-                raise
-            where = f" {e.filename}" if e.filename else ""
-            _fail(f"{e.strerror or e}:{where}", 1)
-        except Exception as e:  # an unexpected bug: still one line unless --debug
-            if debug:
-                raise
-            _fail(
-                f"internal error: {type(e).__name__}: {e} (run with --debug for details)",
-                EXIT_INTERNAL,
-            )
+        except (Exception, KeyboardInterrupt) as e:
+            fail(e, kwargs["debug"])
 
     return wrapper  # type: ignore[return-value]
+
+
+def _group_debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("debug"))
 
 
 def registry_options(fn: F) -> F:
@@ -124,9 +110,10 @@ def build_context(kwargs: dict[str, Any]) -> Any:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ocipatch")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+def main(debug: bool) -> None:
     """Patch the OS packages of container images with no daemon and no root."""
 
 
@@ -205,11 +192,12 @@ def _parse_duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600}
     t = text.strip().lower()
     try:
-        if t and t[-1] in units:
-            return float(t[:-1]) * units[t[-1]]
-        return float(t)
+        seconds = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
-        raise UsageError(f"invalid --timeout {text!r}: use e.g. 90s, 10m or 1h") from None
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise UsageError(f"invalid --timeout {text!r}: use e.g. 90s, 10m or 1h")
+    return seconds
 
 
 def _parse_mirror(text: str) -> tuple[str, str]:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ocipatch import space
 from ocipatch.errors import UsageError
 from ocipatch.oci.cache import BlobCache, default_cache_dir
 from ocipatch.oci.image import Image
@@ -50,7 +51,13 @@ class Context:
             password=password,
             retry_time=retry_time_from(registry_retry_time),
         )
-        cache = BlobCache(cache_dir or default_cache_dir())
+        cache = BlobCache(
+            space.writable_dir(
+                cache_dir or default_cache_dir(),
+                "--cache-dir" if cache_dir else "the cache directory",
+                "pass --cache-dir DIR, a directory you can write",
+            )
+        )
         platform = Platform.parse(platform_text) if platform_text else None
         return cls(options, cache, platform, debug)
 

@@ -120,3 +120,10 @@ class SandboxError(OcipatchError):
 
 class UnsafeArchiveError(IntegrityError):
     """A layer tries to write outside the root (traversal, symlinked parent, hardlink escape)."""
+
+
+class OutOfSpaceError(OcipatchError):
+    """A directory ocipatch writes to filled up (ENOSPC) or hit its quota (EDQUOT); the message
+    names the directory and the setting that moves that work elsewhere."""
+
+    exit_code = 15

@@ -48,7 +48,13 @@ from ocipatch.reports.fixes import Fixed, after_patch, fixed_by_patch, fixed_ids
 from ocipatch.reports.load import check_report_matches, load_report
 from ocipatch.reports.model import UpdateManifest
 from ocipatch.resultcache import CachedResult, ResultCache, plan_key
-from ocipatch.workspace import Unpacked, size_estimate, unpack_image, work_dir
+from ocipatch.workspace import (
+    Unpacked,
+    room_in_scratch,
+    size_estimate,
+    unpack_image,
+    work_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -270,13 +276,26 @@ def _patch(
     view = MergedView(image.layers, ctx.cache.work_dir("index"))
     keep = base_layer_count(image)
     unpacked: Unpacked | None = None
-    if not view.indexed():
+    # A report of another package manager fails below (another image's report, or an image
+    # ocipatch cannot patch): the index alone says which, so nothing is unpacked for it.
+    doomed = report is not None and report.ecosystem != "deb"
+    if not view.indexed() and not doomed:
         # An image this cache has not seen (so no patch of it is cached either): one pass over
         # each layer extracts and indexes it, instead of one pass for each.
         work = stack.enter_context(work_dir(ctx, size_estimate(image)))
         unpacked = unpack_image(image, keep, work, progress, view.add_index)
         stack.callback(concurrent.futures.wait, [unpacked.snap])  # before the tree goes
     osr = read_os_release(view)
+    if report is not None:  # first: another image's report is the error, whatever its OS
+        plat = image.platform
+        check_report_matches(
+            report,
+            osr.id if osr else "",
+            osr.version_id if osr else "",
+            plat.architecture,
+            plat.variant,
+            image=str(src_ref),
+        )
     pm = detect(view)
     if pm is None:
         raise UnsupportedError(
@@ -286,19 +305,8 @@ def _patch(
     if not isinstance(pm, Dpkg):
         raise UnsupportedError(f"{pm.name} images are not supported yet")
     distroless = Dpkg.is_distroless(view)  # status.d, no status file: a tooling image's apt
-    if report is not None:
-        if report.ecosystem != "deb":
-            raise UnsupportedError(
-                f"the report is for a {report.os_type} image ({report.ecosystem} packages): not supported yet"
-            )
-        plat = image.platform
-        check_report_matches(
-            report,
-            osr.id if osr else "",
-            osr.version_id if osr else "",
-            plat.architecture,
-            plat.variant,
-        )
+    if report is not None and report.ecosystem != "deb":
+        raise UnsupportedError(f"the report lists {report.ecosystem} packages: not supported yet")
 
     result = PatchResult("patched", src_ref, source_digest)
     versions = _versions(report, pm, view, image, keep, installed)  # what the VEX compares
@@ -439,7 +447,8 @@ def _patch(
     if ahead is not None:
         ahead.wait()
     snap = unpacked.snap.result()  # before anything writes to the tree
-    outcome = patcher.apply(plan)
+    with room_in_scratch(work):
+        outcome = patcher.apply(plan)
     failed = patcher.verify(plan, ignore_errors=opts.ignore_errors)
     result.skipped += [(i.name, i.reason) for i in failed]
     result.updated = outcome.updated
@@ -654,7 +663,7 @@ def _write_patch_layer(
 ) -> tuple[str, str, int]:
     """Write the layer into the blob cache; (digest, diff_id, size)."""
     tmp_dir = ctx.cache.work_dir("tmp")
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as out:
+    with ctx.cache.room(), tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as out:
         info = write_layer(changes, out, compression)  # type: ignore[arg-type]
     ctx.cache.put_file(info.digest, Path(out.name))
     return info.digest, info.diff_id, info.size

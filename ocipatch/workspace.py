@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocipatch import background
+from ocipatch import background, space
 from ocipatch.context import Context
 from ocipatch.distro.dpkg import exclude
 from ocipatch.fs.changes import Snapshot, snapshot
@@ -30,7 +30,11 @@ def scratch_base(ctx: Context, needed: int) -> Path:
     ~10k files there takes a fraction of a second, on a slow disk several); else the cache."""
     env = os.environ.get("OCIPATCH_WORK_DIR")
     if env:
-        return Path(env)
+        return space.writable_dir(
+            Path(env),
+            "OCIPATCH_WORK_DIR",
+            "set OCIPATCH_WORK_DIR to a directory you can write, or unset it",
+        )
     try:
         st = os.statvfs(SHM)
         free = st.f_bavail * st.f_frsize
@@ -55,11 +59,19 @@ def _mem_available() -> int:
 
 @contextlib.contextmanager
 def work_dir(ctx: Context, needed: int = 0) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="patch-", dir=scratch_base(ctx, needed)))
+    base = scratch_base(ctx, needed)
+    with space.room_in(space.scratch(base)):
+        path = Path(tempfile.mkdtemp(prefix="patch-", dir=base))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def room_in_scratch(work: Path) -> contextlib.AbstractContextManager[None]:
+    """A block that writes into the work tree: a full disk there is reported as the scratch
+    directory's, with OCIPATCH_WORK_DIR as the remedy."""
+    return space.room_in(space.scratch(work.parent))
 
 
 @dataclass
@@ -79,14 +91,16 @@ def unpack_image(
     rootfs = work / "rootfs"
     progress.step(f"Unpacking {len(image.layers)} layers")
     prefetch(image.layers)
-    own = unpack(image.layers[:keep], rootfs, on_index=on_index)
+    with room_in_scratch(work):
+        own = unpack(image.layers[:keep], rootfs, on_index=on_index)
     take = functools.partial(snapshot, rootfs, own, exclude=exclude)
     snap: Future[Snapshot]
     if keep < len(image.layers):
         snap = Future()
         snap.set_result(take())
         progress.step("Re-patch: replaying the previous patch layer")
-        unpack(image.layers[keep:], rootfs, ownership=own, on_index=on_index)
+        with room_in_scratch(work):
+            unpack(image.layers[keep:], rootfs, ownership=own, on_index=on_index)
     else:
         snap = background.start(take, "snapshot")
     return Unpacked(work, rootfs, own, snap)

@@ -85,7 +85,7 @@ def test_layout_missing_tag_and_dir(layout: synth.Built, cache: BlobCache, tmp_p
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "index.json").write_text("{not json")
-    with pytest.raises(ImageFormatError, match=r"unreadable index\.json"):
+    with pytest.raises(ImageFormatError, match=r"index\.json is not valid JSON"):
         open_image(parse_reference(f"oci:{bad}"), OPTS, cache)
 
 

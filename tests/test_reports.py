@@ -406,18 +406,18 @@ MISMATCHING = [
     (
         _manifest("debian", "11", "amd64"),
         ("debian", "12", "arm64", None),
-        "report is for debian 11 (amd64) but the image is debian 12 (arm64): "
-        "scan this image and pass that report",
+        "the report is for a debian 11 image (amd64) but the image is debian 12 (arm64): "
+        "scan this image and pass its report",
     ),
     (
         _manifest("debian", "12.5", "amd64"),
         ("ubuntu", "22.04", "amd64", None),
-        "report is for debian 12.5 (amd64) but the image is ubuntu 22.04 (amd64)",
+        "report is for a debian 12.5 image (amd64) but the image is ubuntu 22.04 (amd64)",
     ),
     (
         _manifest("ubuntu", "22.04", "amd64"),
         ("ubuntu", "22.10", "amd64", None),
-        "report is for ubuntu 22.04",
+        "the report is for an ubuntu 22.04 image",
     ),
     (
         _manifest("alpine", "3.20.1", "amd64"),
@@ -437,7 +437,7 @@ def test_report_mismatch(
     with pytest.raises(ReportError) as info:
         check_report_matches(manifest, *image)
     assert message in str(info.value)
-    assert str(info.value).endswith("scan this image and pass that report")
+    assert str(info.value).endswith("scan this image and pass its report")
     assert info.value.exit_code == 10
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ocipatch import space
 from ocipatch.errors import ApplyError, IntegrityError, ResolveError, UsageError
 from ocipatch.repos.sources import rewrite
 from ocipatch.sandbox.base import APT_NO_PRIVILEGE_DROP, RunSpec, Sandbox, default_env, tail
@@ -200,6 +201,16 @@ class AptRunner:
                     f"{what}: the repository served a file that does not match its signed index "
                     f"({reason}); the mirror is corrupt or tampered with: fix or resync it{kept}"
                 )
+            if _NO_SPACE.search(proc.stdout):
+                raise space.place_full(
+                    space.fullest(
+                        [
+                            space.scratch(self.rootfs.parent.parent),
+                            space.cache(self.config.cache_dir),
+                        ]
+                    ),
+                    doing=f"{what} ran out of space",
+                )
             raise ApplyError(f"{what} failed (exit {proc.returncode}): {reason}{kept}")
         return proc.stdout
 
@@ -332,6 +343,7 @@ def _flock(path: Path) -> Iterator[None]:
 # apt's words for content that failed verification against the signed index (_INTEGRITY), or
 # an index whose signature failed (_SIGNATURE): never transient, never something to retry.
 _INTEGRITY = re.compile(r"Hash Sum mismatch|File has unexpected size")
+_NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded")
 _SIGNATURE = re.compile(r"BADSIG|NO_PUBKEY|is not signed|signatures were invalid|EXPKEYSIG")
 
 _POLICY_HEAD = re.compile(r"^(\S+):$")

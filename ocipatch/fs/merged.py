@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
+from ocipatch import space
 from ocipatch.errors import ImageFormatError, UnsafeArchiveError
 from ocipatch.fs import rootpath
 from ocipatch.fs import whiteout as wh
@@ -349,15 +350,16 @@ def store_index(
     for ordinal, data in captured.items():
         remember(cache_dir, digest, ordinal, data)
     path = _cache_file(cache_dir, digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_ops_to_json(digest, ops), f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with space.room_in(space.cache(cache_dir)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(_ops_to_json(digest, ops), f, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 @dataclass(frozen=True, slots=True)

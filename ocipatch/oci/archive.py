@@ -16,9 +16,10 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from ocipatch.errors import ImageFormatError, NotFoundError
+from ocipatch.oci import jsondoc
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.atomic import atomic_file, target_of
 from ocipatch.oci.cache import CHUNK
@@ -32,20 +33,34 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class _TarMembers:
-    """Random access to the regular files of a plain tar by normalised name."""
+    """Random access to the regular files of a plain tar by normalised name.
+
+    Every way the file can fail to be a whole tar archive (not a tar at all, compressed,
+    truncated, damaged headers) is an ImageFormatError naming the file; a member whose data
+    runs past the end of the file is found here, before anything reads it."""
 
     def __init__(self, path: Path, what: str) -> None:
         if not path.is_file():
             raise NotFoundError(f"{what}: no such file {path}")
+        self._what = what
         try:
             self._tar = tarfile.open(path, "r:")
-        except (tarfile.TarError, OSError) as e:
-            raise ImageFormatError(f"{what}: not a readable tar archive: {e}") from None
-        self._what = what
+            listed = self._tar.getmembers()
+            file_size = path.stat().st_size
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise ImageFormatError(f"{what}: {path} {_not_a_tar(path, e)}") from None
         self.members: dict[str, tarfile.TarInfo] = {}
-        for m in self._tar.getmembers():
+        for m in listed:
+            if m.isfile() and m.offset_data + m.size > file_size:
+                raise ImageFormatError(
+                    f"{what}: {path} is truncated: {m.name} needs {m.offset_data + m.size} "
+                    f"bytes but the file has {file_size}; copy or save the archive again"
+                )
             name = m.name.lstrip("./") if m.name.startswith("./") else m.name
             self.members[name.strip("/")] = m
+        # A whole tar ends with two zero blocks; without them the file was likely cut short
+        # between two members, which shows only as a member missing.
+        self._ended = file_size >= self._tar.offset + 2 * tarfile.BLOCKSIZE
 
     def open(self, name: str) -> BinaryIO:
         m = self.members.get(name)
@@ -57,10 +72,11 @@ class _TarMembers:
                 target = os.path.normpath(os.path.join(os.path.dirname(name), target))
             name, m, hops = target, self.members.get(target), hops + 1
         if m is None or not m.isfile():
-            raise ImageFormatError(f"{self._what}: {name} is missing from the archive")
+            cut = "" if self._ended else " (the archive has no end marker: it looks truncated)"
+            raise ImageFormatError(f"{self._what}: {name} is missing from the archive{cut}")
         f = self._tar.extractfile(m)
         assert f is not None
-        return f  # type: ignore[return-value]
+        return _MemberReader(f, f"{self._what}: {name}")  # type: ignore[return-value]
 
     def read(self, name: str) -> bytes:
         with self.open(name) as f:
@@ -68,6 +84,67 @@ class _TarMembers:
 
     def size(self, name: str) -> int:
         return self.members[name].size
+
+
+def _check_entry(entry: object, what: str) -> None:
+    """One image of manifest.json: {"Config": str, "RepoTags": [str], "Layers": [str]}."""
+
+    def strings(value: object) -> bool:
+        return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("Config"), str)
+        or not strings(entry.get("Layers"))
+        or not strings(entry.get("RepoTags"))
+    ):
+        raise ImageFormatError(
+            f"{what}: manifest.json is malformed: each image needs Config (a file name), "
+            "Layers and RepoTags (lists of names)"
+        )
+
+
+def _not_a_tar(path: Path, e: BaseException) -> str:
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError:
+        magic = b""
+    if magic.startswith(_GZIP_MAGIC) or magic == _ZSTD_MAGIC:
+        kind = "gzip" if magic.startswith(_GZIP_MAGIC) else "zstd"
+        return f"is {kind}-compressed: decompress it to a plain tar first"
+    if str(e) == "unexpected end of data":
+        return "is truncated (it ends inside a member): copy or save the archive again"
+    return f"is not a complete tar archive ({e}): the file is damaged, truncated or not an archive"
+
+
+class _MemberReader:
+    """A member's data stream whose read errors (the file changed or shrank under us) are
+    ImageFormatError, not tarfile's."""
+
+    def __init__(self, raw: IO[bytes], what: str) -> None:
+        self._raw = raw
+        self._what = what
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._raw.read(n)
+        except (tarfile.TarError, EOFError) as e:
+            raise ImageFormatError(
+                f"{self._what}: unreadable ({e}): the archive is damaged"
+            ) from None
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> _MemberReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 class OciArchiveSource:
@@ -79,10 +156,9 @@ class OciArchiveSource:
     def root_manifest(self) -> tuple[bytes, str]:
         if "index.json" not in self._tar.members:
             raise ImageFormatError(f"{self._what}: not an OCI archive (no index.json)")
-        try:
-            index = json.loads(self._tar.read("index.json"))
-        except ValueError as e:
-            raise ImageFormatError(f"{self._what}: unreadable index.json: {e}") from None
+        index = jsondoc.parse(self._tar.read("index.json"), f"{self._what}: index.json")
+        if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
+            raise ImageFormatError(f"{self._what}: index.json is not an OCI image index")
         entry = pick_entry(index, self.ref.tag, self._what)
         return self.manifest(entry), entry.media_type
 
@@ -115,16 +191,13 @@ class DockerArchiveSource:
         self.repo_tag: str | None = None  # the image's NAME:TAG in RepoTags, once read
 
     def _entry(self) -> dict[str, Any]:
-        try:
-            entries = json.loads(self._tar.read("manifest.json"))
-        except ImageFormatError:
-            raise ImageFormatError(
-                f"{self._what}: not a docker-archive (no manifest.json)"
-            ) from None
-        except ValueError as e:
-            raise ImageFormatError(f"{self._what}: unreadable manifest.json: {e}") from None
+        if "manifest.json" not in self._tar.members:
+            raise ImageFormatError(f"{self._what}: not a docker-archive (no manifest.json)")
+        entries = jsondoc.parse(self._tar.read("manifest.json"), f"{self._what}: manifest.json")
         if not isinstance(entries, list) or not entries:
             raise ImageFormatError(f"{self._what}: manifest.json lists no image")
+        for entry in entries:
+            _check_entry(entry, self._what)
         if self.ref.tag is None:
             if len(entries) > 1:
                 raise NotFoundError(
@@ -147,8 +220,13 @@ class DockerArchiveSource:
         entry = self._entry()
         config_name = str(entry["Config"])
         config_bytes = self._tar.read(config_name)
-        config = json.loads(config_bytes)
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        config = jsondoc.parse_object(config_bytes, f"{self._what}: image config {config_name}")
+        rootfs = config.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+            raise ImageFormatError(
+                f"{self._what}: image config {config_name} has no rootfs.diff_ids list of digests"
+            )
         layer_names = list(entry.get("Layers") or [])
         if len(diff_ids) != len(layer_names):
             raise ImageFormatError(

@@ -109,8 +109,9 @@ def lookup_credentials(
 def _from_file(path: Path, want: str, registry: str, env: Mapping[str, str]) -> Credentials | None:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AuthError(f"cannot read auth file {path}: {e}; fix or remove it") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: also bad UTF-8, huge ints
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise AuthError(f"cannot read auth file {path}: {why}; fix or remove it") from None
     if not isinstance(cfg, dict):
         raise AuthError(f"auth file {path} is not a JSON object; fix or remove it")
 
@@ -199,7 +200,7 @@ def run_helper(
     try:
         out = json.loads(proc.stdout)
         user, secret = out["Username"], out["Secret"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (ValueError, RecursionError, KeyError, TypeError):
         log.warning("credential helper %s printed something that is not credentials", binary)
         return None
     if not isinstance(user, str) or not isinstance(secret, str) or not (user or secret):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ocipatch import space
 from ocipatch.oci.digest import VerifiedReader
 
 CHUNK = 1 << 20
@@ -53,27 +54,33 @@ class BlobCache:
     @contextlib.contextmanager
     def writer(self, dest: Path) -> Iterator[BinaryIO]:
         """A temporary file beside dest, renamed onto it only if the block succeeds."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                yield tmp
-            os.replace(tmp_name, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
+        with self.room():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+            try:
+                with os.fdopen(fd, "wb") as tmp:
+                    yield tmp
+                os.replace(tmp_name, dest)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp_name)
+                raise
 
     def put_file(self, digest: str, src: Path) -> Path:
         """Move an already-verified file (one we wrote ourselves) into the cache."""
         dest = self.path(digest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.exists():
-            try:
-                os.replace(src, dest)
-            except OSError:
-                shutil.copyfile(src, dest)
+        with self.room():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists():
+                try:
+                    os.replace(src, dest)
+                except OSError:
+                    shutil.copyfile(src, dest)
         return dest
+
+    def room(self) -> contextlib.AbstractContextManager[None]:
+        """A block that writes into the cache: a full disk there is reported as the cache's."""
+        return space.room_in(space.cache(self.root))
 
     def work_dir(self, name: str) -> Path:
         d = self.root / name

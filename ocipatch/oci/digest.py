@@ -11,6 +11,11 @@ from ocipatch.errors import IntegrityError, UsageError
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 
 
+def is_digest(value: object) -> bool:
+    """A digest ocipatch can verify; anything else (other algorithms, a path) is refused."""
+    return isinstance(value, str) and _DIGEST.match(value) is not None
+
+
 def check_digest(digest: str) -> str:
     if not _DIGEST.match(digest):
         raise UsageError(f"not a valid digest: {digest!r} (expected sha256:<64 hex digits>)")

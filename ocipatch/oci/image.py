@@ -5,7 +5,6 @@ module derives the rest (index resolution, platform choice, verification, cachin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -15,9 +14,10 @@ from typing import Any, BinaryIO, Protocol
 from ocipatch.background import start_each
 from ocipatch.errors import ImageFormatError, IntegrityError, PlatformError
 from ocipatch.fs.compress import open_decompressed
+from ocipatch.oci import jsondoc
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.cache import BlobCache
-from ocipatch.oci.digest import VerifiedReader, verify_bytes
+from ocipatch.oci.digest import VerifiedReader, is_digest, verify_bytes
 from ocipatch.oci.reference import ImageRef
 from ocipatch.oci.types import Descriptor, Platform
 
@@ -142,7 +142,7 @@ class Image:
 
     def __post_init__(self) -> None:
         self.manifest = _load_json(self.manifest_bytes, "manifest")
-        self.config = _load_json(self.config_bytes, "image config")
+        self.config = _load_config(self.config_bytes)
 
     @property
     def digest(self) -> str:
@@ -165,13 +165,33 @@ class Image:
 
 
 def _load_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ImageFormatError(f"{what} is not valid JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise ImageFormatError(f"{what} is not a JSON object")
-    return obj
+    return jsondoc.parse_object(data, what)
+
+
+def _load_config(data: bytes) -> dict[str, Any]:
+    """The image config, with the shape of every field ocipatch reads checked once here."""
+    config = _load_json(data, "image config")
+
+    def bad(field: str, want: str) -> ImageFormatError:
+        return ImageFormatError(f"image config is malformed: {field} is not {want}")
+
+    rootfs = config.get("rootfs") or {}
+    diff_ids = (rootfs.get("diff_ids") or []) if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or not all(is_digest(d) for d in diff_ids):
+        raise bad("rootfs.diff_ids", "a list of digests")
+    for key in ("os", "architecture", "variant"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise bad(key, "a string")
+    inner = config.get("config") or {}
+    if not isinstance(inner, dict):
+        raise bad("config", "an object")
+    labels = inner.get("Labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise bad("config.Labels", "an object of strings")
+    history = config.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise bad("history", "a list of objects")
+    return config
 
 
 def media_type_of(data: bytes, declared: str) -> str:
@@ -224,7 +244,7 @@ def load_image(source: Source, cache: BlobCache, platform: Platform | None = Non
         config_desc.digest, config_desc.size, lambda: source.open_blob(config_desc), "config"
     )
     config_bytes = config_path.read_bytes()
-    config = _load_json(config_bytes, "image config")
+    config = _load_config(config_bytes)
     layer_descs = [
         Descriptor.from_json(d, "layer descriptor") for d in manifest.get("layers") or []
     ]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ocipatch.errors import ImageFormatError, NotFoundError
+from ocipatch.oci import jsondoc
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.atomic import atomic_file, atomic_write
 from ocipatch.oci.cache import CHUNK
@@ -36,9 +37,10 @@ def read_index(root: Path, what: str) -> dict[str, Any]:
     if not index.is_file():
         raise NotFoundError(f"{what}: {root} is not an OCI image layout (it has no index.json)")
     try:
-        obj = json.loads(index.read_bytes())
-    except (OSError, ValueError) as e:
-        raise ImageFormatError(f"{what}: unreadable index.json: {e}") from None
+        data = index.read_bytes()
+    except OSError as e:
+        raise ImageFormatError(f"{what}: unreadable index.json: {e.strerror or e}") from None
+    obj = jsondoc.parse(data, f"{what}: index.json")
     if not isinstance(obj, dict) or not isinstance(obj.get("manifests", []), list):
         raise ImageFormatError(f"{what}: index.json is not an OCI image index")
     return obj

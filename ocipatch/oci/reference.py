@@ -163,7 +163,8 @@ def _parse_registry(text: str, original: str) -> ImageRef:
         "." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0].startswith("[")
     ):
         registry, repository = parts
-        if not _HOST.match(registry):
+        port = re.search(r"(?<=[^:]:)\d+$", registry)
+        if not _HOST.match(registry) or (port is not None and not 0 < int(port[0]) < 65536):
             raise UsageError(f"invalid registry host {registry!r} in {original!r}")
     else:
         registry, repository = DEFAULT_REGISTRY, name

@@ -921,7 +921,7 @@ class RegistryClient:
             return ctype
         try:
             doc = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON: the caller's parse says how
             return ctype
         media = doc.get("mediaType") if isinstance(doc, dict) else None
         return media if isinstance(media, str) and media else ctype

@@ -6,12 +6,14 @@ digest, and the tag (or index.json entry, or the archive's rename) last.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from ocipatch import space
 from ocipatch.errors import UsageError
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.archive import (
@@ -95,6 +97,24 @@ def _blob_opener(source: Source | None, desc: Descriptor) -> Callable[[], Binary
     return opener
 
 
+def _room_at_destination(
+    write: Callable[[Image, ImageRef, RegistryOptions], str],
+) -> Callable[[Image, ImageRef, RegistryOptions], str]:
+    """A local destination filling up is reported as that directory's (space.room_in)."""
+
+    @functools.wraps(write)
+    def wrapper(image: Image, dest_ref: ImageRef, options: RegistryOptions) -> str:
+        if dest_ref.is_registry:
+            return write(image, dest_ref, options)
+        path = Path(dest_ref.path)
+        where = path if dest_ref.transport == "oci" else path.parent
+        with space.room_in(space.destination(where)):
+            return write(image, dest_ref, options)
+
+    return wrapper
+
+
+@_room_at_destination
 def write_image(image: Image, dest_ref: ImageRef, options: RegistryOptions) -> str:
     """Write image to dest_ref; returns the digest the destination tag now names. The image is
     converted to OCI media types first when the destination or a layer needs it."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocipatch.errors import ImageFormatError, UsageError
+from ocipatch.oci.digest import is_digest
 
 # Python's machine names -> GOARCH, the names OCI platforms use.
 _MACHINE_TO_GOARCH = {
@@ -78,18 +79,28 @@ class Descriptor:
     def from_json(cls, obj: Any, what: str = "descriptor") -> Descriptor:
         if not isinstance(obj, dict):
             raise ImageFormatError(f"malformed {what}: expected a JSON object")
-        try:
-            digest = str(obj["digest"])
-            size = int(obj["size"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ImageFormatError(f"malformed {what}: missing or invalid {e}") from None
+        digest, size, media_type = obj.get("digest"), obj.get("size"), obj.get("mediaType", "")
+        annotations = obj.get("annotations") or {}
+        # The digest names files in layouts and the cache: only a real digest may do so.
+        if not is_digest(digest):
+            raise ImageFormatError(
+                f"malformed {what}: digest {digest!r} is not sha256:<64 hex> or sha512:<128 hex>"
+            )
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ImageFormatError(f"malformed {what}: size {size!r} is not a byte count")
+        if not isinstance(media_type, str):
+            raise ImageFormatError(f"malformed {what}: mediaType {media_type!r} is not a string")
+        if not isinstance(annotations, dict) or not all(
+            isinstance(v, str) for v in annotations.values()
+        ):
+            raise ImageFormatError(f"malformed {what}: annotations are not an object of strings")
         plat = obj.get("platform")
         return cls(
-            media_type=str(obj.get("mediaType", "")),
-            digest=digest,
+            media_type=media_type,
+            digest=str(digest),
             size=size,
             platform=Platform.from_json(plat) if isinstance(plat, dict) else None,
-            annotations=dict(obj.get("annotations") or {}),
+            annotations=dict(annotations),
             raw=dict(obj),
         )
 
