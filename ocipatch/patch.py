@@ -40,7 +40,7 @@ from ocipatch.oci.image import Image
 from ocipatch.oci.mutate import append_layer
 from ocipatch.oci.reference import ImageRef, check_tag, parse_reference
 from ocipatch.oci.sameref import Clash, check_output_file, guard
-from ocipatch.oci.transport import write_image
+from ocipatch.oci.transport import archive_repo_tag, write_image
 from ocipatch.oci.types import Descriptor
 from ocipatch.progress import Progress
 from ocipatch.reports import identity
@@ -133,11 +133,11 @@ def destination_for(source: ImageRef, tag: str | None, suffix: str) -> ImageRef:
             or "/" in tag
         ):
             dest = parse_reference(tag)
-            if dest.transport == "docker-archive" and dest.tag is None:
+            if dest.transport == "docker-archive" and dest.tag is None and source.tag:
                 # An archive names its image (RepoTags): the derived tag, under the source's
-                # name (oci/transport.py archive_repo_tag).
-                hint = f"-t {tag}:NAME:TAG"
-                return dest.with_tag(derived_tag(source, suffix, hint))
+                # name (oci/transport.py archive_repo_tag). Without a source tag the caller
+                # refuses it, once it has checked that the file is not the source.
+                return dest.with_tag(derived_tag(source, suffix, f"-t {tag}:NAME:TAG"))
             return dest
         return source.with_tag(tag)
     return source.with_tag(derived_tag(source, suffix, "-t TAG"))
@@ -203,10 +203,17 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
         check_output_file(opts.vex, "--vex", src_ref, dest_ref)
     if opts.compression not in ("gzip", "zstd"):
         raise UsageError(f"--compression {opts.compression}: use gzip or zstd")
+    untagged_archive = dest_ref.transport == "docker-archive" and dest_ref.tag is None
+    if untagged_archive and src_ref.transport != "docker-archive":
+        raise UsageError(
+            f"{src_ref} has no tag to derive the patched tag from: pass -t {dest_ref}:NAME:TAG"
+        )
     report = load_report(opts.report) if opts.report is not None else None
 
     progress.step(f"Reading {src_ref}")
     image = ctx.open_image(src_ref)
+    if untagged_archive:
+        dest_ref = _archive_destination(image, dest_ref, opts.tag_suffix)
     said = _check_report_image(opts, report, image, src_ref)  # before anything is written
     if said.warning:
         progress.warn(said.warning)
@@ -225,6 +232,18 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     result.warnings += [said.warning] if said.warning else []
     result.notes[:0] = [said.note] if said.note else []
     return _replaced(result, clash)
+
+
+def _archive_destination(image: Image, dest: ImageRef, suffix: str) -> ImageRef:
+    """An untagged docker-archive destination of an untagged docker-archive source: the derived
+    tag under the name the source archive's RepoTags give (known only once it is open)."""
+    own = archive_repo_tag(image, None)
+    if own is None:
+        raise UsageError(
+            f"{image.ref} has no tag to derive the patched tag from: pass -t {dest}:NAME:TAG"
+        )
+    name, _, tag = own.rpartition(":")
+    return dest.with_tag(f"{name}:{tag if tag.endswith(f'-{suffix}') else f'{tag}-{suffix}'}")
 
 
 def _replaced(result: PatchResult, clash: Clash | None) -> PatchResult:
