@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ocipatch import runs
 from ocipatch.errors import UsageError
 from ocipatch.oci.cache import BlobCache, default_cache_dir
 from ocipatch.oci.image import Image
@@ -48,6 +49,7 @@ class Context:
             password=password,
         )
         cache = BlobCache(cache_dir or default_cache_dir())
+        runs.start(cache.root)  # removes what killed runs left; protects this run from prune
         platform = Platform.parse(platform_text) if platform_text else None
         return cls(options, cache, platform, debug)
 

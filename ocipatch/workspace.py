@@ -6,14 +6,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocipatch import background
+from ocipatch import background, runs
 from ocipatch.context import Context
 from ocipatch.distro.dpkg import exclude
 from ocipatch.fs.changes import Snapshot, snapshot
@@ -55,11 +53,10 @@ def _mem_available() -> int:
 
 @contextlib.contextmanager
 def work_dir(ctx: Context, needed: int = 0) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="patch-", dir=scratch_base(ctx, needed)))
-    try:
+    # Owned (pid, start time, flock): a run killed before its cleanup leaves the tree for the
+    # next run's sweep (ocipatch/runs.py).
+    with runs.owned_dir(scratch_base(ctx, needed), "patch-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
