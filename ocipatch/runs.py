@@ -26,7 +26,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -101,10 +103,29 @@ def release(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """A Ctrl-C during the block takes effect after it: a cleanup cut short would leave half a
+    tree behind (Python runs signal handlers in the main thread only, so only there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda sig, frame: got.append(sig))
+    old = signal.default_int_handler if old is None else old
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
+
+
 def remove_tree(path: Path) -> None:
     """Remove an owned directory (contents first, then its lock)."""
-    shutil.rmtree(path, ignore_errors=True)
-    release(path)
+    with interrupt_deferred():
+        shutil.rmtree(path, ignore_errors=True)
+        release(path)
 
 
 @contextlib.contextmanager
