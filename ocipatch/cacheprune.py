@@ -3,8 +3,9 @@ recently used of it, safely while other runs use the same cache (docs/design.md,
 
 An entry is what is removed as a whole: a blob, a layer's index with its captured files, a
 result, a repository file, a .deb, apt's lists for one source set, a tooling tree, a log. Its
-last use is the newer of its marker's mtime and atime: ocipatch sets the mtime on every hit
-(ocipatch.oci.cache.touch), apt's reads show in the atime where the mount updates it.
+last use is its marker's mtime, which ocipatch sets on every use (ocipatch.oci.cache.touch).
+Not the atime: noatime mounts never set it, relatime ones once a day, and every reader (a
+backup, prune itself reading a result) sets it.
 
 Safety: a prune holds runs/prune.lock exclusively, so no run registers meanwhile; every live
 run (runs/.run-*, flocked for its life) has a start time, and nothing used after the oldest
@@ -67,6 +68,7 @@ class Entry:
     paths: list[Path]  # removed together; paths[0] is the marker of its last use
     size: int
     used: float
+    dangling: bool = False  # a result whose layer is gone: a miss for everyone, always removed
 
     @property
     def marker(self) -> Path:
@@ -83,10 +85,9 @@ class Entry:
 
 def _used(path: Path) -> float | None:
     try:
-        st = path.stat()
+        return path.stat().st_mtime
     except OSError:
         return None
-    return max(st.st_mtime, st.st_atime)
 
 
 def _entry(kind: str, *paths: Path, marker: Path | None = None) -> Entry | None:
@@ -197,6 +198,8 @@ def _dangling_results(cache: Path, removed: list[Entry], remaining: list[Entry])
         blob = cache / "blobs" / alg / hexpart
         if str(blob) in gone or not blob.is_file():
             out.append(e)
+    for e in out:
+        e.dangling = True
     return out
 
 
@@ -221,7 +224,7 @@ def _apt_idle(cache: Path) -> Iterator[bool]:
 
 def _remove(e: Entry, horizon: float) -> bool:
     used = _used(e.marker)
-    if used is None or used >= horizon:  # gone already, or used since it was chosen
+    if used is None or (used >= horizon and not e.dangling):  # gone, or used since chosen
         return False
     for p in e.paths:
         if p.is_dir() and not p.is_symlink():
@@ -238,9 +241,9 @@ def prune(
     """Remove dead runs' leftovers, then entries older than older_than and the least recently
     used ones until the cache is under max_size; never what a live run may use."""
     report = PruneReport(cache, dry_run=dry_run)
-    if not cache.is_dir():
-        return report
-    with runs.prune_lock(cache, exclusive=True):
+    exists = cache.is_dir()  # if not, only the scratch base is swept
+    lock = runs.prune_lock(cache, exclusive=True) if exists else contextlib.nullcontext()
+    with lock:
         if dry_run:
             stale = runs.all_leftovers(cache)
             report.leftovers = [runs.Removed(p, runs.tree_size(p)) for p in stale]

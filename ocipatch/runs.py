@@ -174,17 +174,22 @@ def _lock_free(path: Path, is_dir: bool) -> bool:
     return True
 
 
+def _usage(path: str) -> int:
+    """Disk usage as du counts it; a file with n hard links counts 1/n for each name."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    return (
+        st.st_blocks * 512 // max(st.st_nlink, 1) if not os.path.isdir(path) else st.st_blocks * 512
+    )
+
+
 def tree_size(path: Path) -> int:
-    if not path.is_dir() or path.is_symlink():
-        try:
-            return path.lstat().st_size
-        except OSError:
-            return 0
-    total = 0
-    for root, dirs, files in os.walk(path):
-        for n in dirs + files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, n)).st_blocks * 512
+    total = _usage(str(path))
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            total += sum(_usage(os.path.join(root, n)) for n in dirs + files)
     return total
 
 
@@ -298,6 +303,8 @@ def live_runs(cache: Path) -> list[float]:
         return []
     for name in names:
         path = cache / "runs" / name
+        if not name.startswith(".run-"):
+            continue
         try:
             st = path.lstat()
         except OSError:
