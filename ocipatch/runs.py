@@ -39,8 +39,18 @@ log = logging.getLogger(__name__)
 OWNER_FILE = ".owner"
 UNKNOWN_OWNER_AGE = 86400.0  # entries whose owner cannot be judged: removed after a day
 # <prefix><pid>.<start ticks>.<boot id, 8 hex>-<random>
-_OWNED = re.compile(r"^(?:\.tmp-|patch-|plan-|\.run-)(\d+)\.(\d+)\.([0-9a-f]{8})-")
-PREFIXES = (".tmp-", "patch-", "plan-", ".run-")
+PREFIXES = (
+    ".tmp-",  # files and trees beside what they become
+    "patch-",  # scratch trees
+    "plan-",  # planning trees in <cache>/repos
+    ".run-",  # registrations in <cache>/runs
+    ".ocipatch-",  # an oci-archive's layout beside the archive
+    "ocipatch-gpgv-",  # $TMPDIR
+    "ocipatch-proot-tmp-",  # $TMPDIR
+)
+_OWNED = re.compile(
+    "^(?:" + "|".join(re.escape(p) for p in PREFIXES) + r")(\d+)\.(\d+)\.([0-9a-f]{8})-"
+)
 
 _held: dict[str, int] = {}  # directory -> fd of its flocked .owner
 
@@ -243,14 +253,16 @@ def user_work_dir() -> list[Path]:
 
 def all_leftovers(cache: Path) -> list[Path]:
     own = [shm_base(), *temp_dirs(cache)]
+    theirs = [*user_work_dir(), Path(tempfile.gettempdir())]
     return [p for d in own for p in leftovers(d)] + [
-        p for d in user_work_dir() for p in leftovers(d, legacy=False)
+        p for d in theirs for p in leftovers(d, legacy=False)
     ]
 
 
 def temp_dirs(cache: Path) -> list[Path]:
     """Every directory of the cache where ocipatch makes temporary entries."""
     dirs = [cache / n for n in ("tmp", "work", "results", "tooling", "index", "repos", "runs")]
+    dirs.append(cache / "apt" / "debs" / "partial")
     for sub in ("blobs", "repos/apt-repos/blobs", "index/files"):
         with contextlib.suppress(OSError):
             dirs += [p for p in (cache / sub).iterdir() if p.is_dir()]
@@ -261,7 +273,7 @@ def sweep_all(cache: Path, measure: bool = False) -> list[Removed]:
     """What every run does at start: the leftovers of dead runs, in the cache and in scratch."""
     t0 = time.monotonic()
     removed = sweep([shm_base(), *temp_dirs(cache)], measure)
-    removed += sweep(user_work_dir(), measure, legacy=False)
+    removed += sweep([*user_work_dir(), Path(tempfile.gettempdir())], measure, legacy=False)
     log.debug("swept leftovers of dead runs in %.1f ms", (time.monotonic() - t0) * 1000)
     return removed
 

@@ -138,6 +138,33 @@ def test_shm_leftover_removed_by_prune(tmp_path: Path) -> None:
     assert not tree.exists()
 
 
+def test_destinations_lose_what_killed_writers_left(tmp_path: Path) -> None:
+    """A killed write to an oci: layout leaves `.tmp-` blobs, one to an oci-archive: a whole
+    `.ocipatch-` layout beside the file: the next write there removes the dead ones only."""
+    from tests.plugins.registry import make_oci_layout
+
+    make_oci_layout(tmp_path / "src", "1")
+    dst = tmp_path / "dst"
+    (dst / "blobs" / "sha256").mkdir(parents=True)
+    dead_blob = dst / "blobs" / "sha256" / f".tmp-{dead_tag()}-aaaa"
+    live_blob = dst / "blobs" / "sha256" / f".tmp-{runs.tag()}-bbbb"
+    dead_layout = tmp_path / f".ocipatch-{dead_tag()}-cccc"
+    user_dir = tmp_path / ".ocipatch-mine"  # not named by ocipatch: never touched
+    for f in (dead_blob, live_blob):
+        f.write_bytes(b"partial")
+    for d in (dead_layout, user_dir):
+        (d / "blobs").mkdir(parents=True)
+        age(d, 30)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    cli("copy", *cache, f"oci:{tmp_path / 'src'}:1", f"oci:{dst}:1")
+    cli("copy", *cache, f"oci:{tmp_path / 'src'}:1", f"oci-archive:{tmp_path / 'img.tar'}:1")
+    assert not dead_blob.exists() and not dead_layout.exists()
+    assert live_blob.exists() and user_dir.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ocipatch-")] == [
+        user_dir.name
+    ]
+
+
 @pytest.mark.parametrize(
     "args, says",
     [

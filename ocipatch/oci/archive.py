@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ocipatch import runs
 from ocipatch.errors import ImageFormatError, NotFoundError
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.cache import CHUNK
@@ -199,7 +200,7 @@ class DockerArchiveSource:
 @contextlib.contextmanager
 def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=path.parent)
+    fd, tmp = runs.mkstemp(path.parent, suffix=".tar")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -227,9 +228,10 @@ class OciArchiveDestination(LayoutDestination):
 
     def __init__(self, path: Path, tag: str | None) -> None:
         self._target = path
-        self._tmp = Path(
-            tempfile.mkdtemp(prefix=".ocipatch-", dir=path.parent if path.parent.exists() else None)
-        )
+        parent = path.parent if path.parent.exists() else Path(tempfile.gettempdir())
+        runs.sweep([parent], legacy=False)  # what killed runs writing here left
+        # The owner in the name only: a lock file inside would be packed into the archive.
+        self._tmp = Path(tempfile.mkdtemp(prefix=runs.owned_prefix(".ocipatch-"), dir=parent))
         super().__init__(self._tmp, tag)
 
     def close(self) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ocipatch import runs
 from ocipatch.errors import ImageFormatError, NotFoundError
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.cache import CHUNK
@@ -97,6 +97,7 @@ class LayoutDestination:
         self.root = root
         self.tag = tag
         self.blobs_written = 0
+        runs.sweep([root, root / "blobs" / "sha256"], legacy=False)  # killed writers' files
 
     def has_blob(self, desc: Descriptor) -> bool:
         return blob_path(self.root, desc.digest).is_file()
@@ -108,7 +109,7 @@ class LayoutDestination:
         if dest.is_file():
             return "exists"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        fd, tmp = runs.mkstemp(dest.parent)  # a killed run's: removed by the next write here
         try:
             with os.fdopen(fd, "wb") as out, opener() as raw:
                 reader = VerifiedReader(raw, desc.digest, desc.size)
@@ -155,7 +156,7 @@ class LayoutDestination:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, tmp = runs.mkstemp(path.parent)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
