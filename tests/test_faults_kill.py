@@ -213,7 +213,7 @@ def test_prune_removes_a_killed_runs_tree_and_says_so(env: Env, clean: Clean, wo
     )  # fmt: skip
     doc = json.loads(r.stdout)
     gone = {Path(x["path"]): x["bytes"] for x in doc["leftovers"]}
-    assert left in gone and gone[left] > 1 << 20, doc
+    assert left in gone and gone[left] > 100_000, doc
     assert all(f"{run.proc.pid}." in p.name for p in gone), "only the killed run's (tree, record)"
     assert doc["bytes_freed"] == sum(gone.values())
     assert doc["removed"] == [], "no limit given: only leftovers go"
