@@ -326,9 +326,16 @@ def live_runs(cache: Path) -> list[float]:
     return starts
 
 
+_registered: set[tuple[int, str]] = set()
+
+
 def start(cache: Path) -> None:
     """At the start of every command that uses cache: sweep dead runs' leftovers, then
-    register this run until it exits."""
+    register this process (once per cache) until it exits."""
+    key = (os.getpid(), str(cache.resolve()))
+    if key in _registered:
+        return
+    _registered.add(key)
     sweep_all(cache)
     reg = register(cache)
     if reg is not None:

@@ -22,11 +22,14 @@ CHUNK = 1 << 20
 
 def touch(path: Path) -> bool:
     """Mark a cache entry used now (its mtime: what `cache prune` evicts by, since atime is
-    not updated on noatime mounts and only daily with relatime); False when it is gone."""
+    not updated on noatime mounts and only daily with relatime); False when it is gone. A
+    read-only cache or another user's file cannot be marked, and is still there."""
     try:
         os.utime(path)
-    except OSError:
+    except FileNotFoundError:
         return False
+    except OSError:
+        return os.path.exists(path)
     return True
 
 
