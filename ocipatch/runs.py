@@ -127,8 +127,8 @@ def interrupt_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
-    if got:
-        raise KeyboardInterrupt
+    if got and callable(old):
+        old(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
 
 
 def remove_tree(path: Path) -> None:

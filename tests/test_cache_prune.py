@@ -126,6 +126,17 @@ def test_a_live_owner_with_a_reused_pid_looks_alive_and_a_stale_start_time_dead(
     assert not runs.owner_alive(f".tmp-{me}.{ticks + 1}.{boot}-a", 0), "same pid, another process"
 
 
+def test_ctrl_c_during_a_cleanup_waits_for_it() -> None:
+    """The tree is removed whole, then the interrupt takes effect."""
+    done = []
+    with pytest.raises(KeyboardInterrupt), runs.interrupt_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here; without the deferral it would raise
+        done.append(True)
+    assert done == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_shm_leftover_removed_by_prune(tmp_path: Path) -> None:
     base = runs.shm_base()
     if not os.access("/dev/shm", os.W_OK):
