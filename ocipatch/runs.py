@@ -262,7 +262,7 @@ def all_leftovers(cache: Path) -> list[Path]:
 def temp_dirs(cache: Path) -> list[Path]:
     """Every directory of the cache where ocipatch makes temporary entries."""
     dirs = [cache / n for n in ("tmp", "work", "results", "tooling", "index", "repos", "runs")]
-    dirs.append(cache / "apt" / "debs" / "partial")
+    dirs += [cache / "apt" / "debs" / "partial", cache / "repos" / "apt-repos" / "release-state"]
     for sub in ("blobs", "repos/apt-repos/blobs", "index/files"):
         with contextlib.suppress(OSError):
             dirs += [p for p in (cache / sub).iterdir() if p.is_dir()]
