@@ -285,7 +285,9 @@ def test_sigint(env: Env, clean: Clean, work: Path, point: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "tags", [("conc-a", "conc-b", "conc-c"), ("conc-same", "conc-same")], ids=["3 tags", "same tag"]
+    "tags",
+    [("conc-a", "conc-b", "conc-c"), ("conc-2", "conc-2"), ("conc-3", "conc-3", "conc-3")],
+    ids=["3 tags", "2 same tag", "3 same tag"],
 )
 def test_concurrent_patches_share_one_cache(
     env: Env, clean: Clean, work: Path, tags: tuple[str, ...]
