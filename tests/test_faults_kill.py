@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import tests.test_patch_hermetic as hermetic
+from ocipatch import runs
 from tests.plugins.aptrepo import scratch_dir
 from tests.test_patch_hermetic import OCIPATCH, Env
 
@@ -217,6 +218,25 @@ def test_prune_removes_a_killed_runs_tree_and_says_so(env: Env, clean: Clean, wo
     assert all(f"{run.proc.pid}." in p.name for p in gone), "only the killed run's (tree, record)"
     assert doc["bytes_freed"] == sum(gone.values())
     assert doc["removed"] == [], "no limit given: only leftovers go"
+    assert not left.exists()
+
+
+def test_default_scratch_in_dev_shm_is_cleaned_by_any_command(env: Env, clean: Clean) -> None:
+    """Without $OCIPATCH_WORK_DIR the tree is in /dev/shm/ocipatch-UID (memory, until
+    reboot): a killed run's goes at the start of the next command, here an inspect."""
+    base = runs.shm_base()
+    cache = fresh(env, "cache-shm")
+    run = Run.start(env, clean.report, "kill-shm", cache=cache)
+    pid = run.proc.pid
+    run.wait_for("unpacking in /dev/shm", lambda: any(
+        (d / "rootfs" / "usr").is_dir() for d in scratch(base, pid)))  # fmt: skip
+    run.signal(signal.SIGKILL)
+    run.proc.wait()
+    [left] = scratch(base, pid)
+    subprocess.run(
+        [str(OCIPATCH), "inspect", "--json", "--cache-dir", str(cache), env.ref],
+        capture_output=True, text=True, env=run_env(None), check=True,
+    )  # fmt: skip
     assert not left.exists()
 
 
