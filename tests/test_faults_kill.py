@@ -269,12 +269,17 @@ def written(env: Env, tag: str) -> Callable[[], bool]:
     return lambda: registry_digest(env, tag) is not None
 
 
-@pytest.mark.parametrize("point", ["unpacking", "apt", "tag written"])
-def test_sigint(env: Env, clean: Clean, work: Path, point: str) -> None:
+@pytest.mark.parametrize(
+    "point, group",
+    [("unpacking", False), ("apt", False), ("apt", True), ("tag written", False)],
+    ids=["unpacking", "apt", "apt, whole group", "tag written"],
+)
+def test_sigint(env: Env, clean: Clean, work: Path, point: str, group: bool) -> None:
     """Ctrl-C: exit 130 with one line, the scratch tree gone, the destination absent (or
-    complete when the tag was already written), the source unchanged."""
+    complete when the tag was already written), the source unchanged. A terminal sends it to
+    the whole process group (apt and the sandbox too), `kill -INT` to ocipatch alone."""
     source_before = registry_digest(env, "1")
-    tag = "int-" + point.replace(" ", "-")
+    tag = "int-" + point.replace(" ", "-") + ("-group" if group else "")
     cache = fresh(env, "cache-int")
     run = Run.start(env, clean.report, tag, cache=cache, work=work)
     found = {
@@ -283,7 +288,10 @@ def test_sigint(env: Env, clean: Clean, work: Path, point: str) -> None:
         "tag written": written(env, tag),
     }
     run.wait_for(point, found[point], timeout=180, every=0.02 if point == "tag written" else 0.002)
-    run.signal(signal.SIGINT)
+    if group:
+        os.killpg(run.proc.pid, signal.SIGINT)
+    else:
+        run.signal(signal.SIGINT)
     out, err = run.proc.communicate(timeout=120)
     if point == "tag written":
         assert run.proc.returncode in (0, 130), err
