@@ -75,6 +75,7 @@ def start_ticks(pid: int) -> int | None:
 
 
 _BOOT = boot_id()
+_PROC = os.path.exists("/proc/self/stat")
 
 
 def tag() -> str:
@@ -163,7 +164,7 @@ def owner_alive(name: str, age: float, legacy: bool = True) -> bool:
     if m is None:
         return not legacy or age < UNKNOWN_OWNER_AGE
     pid, ticks, boot = int(m.group(1)), int(m.group(2)), m.group(3)
-    if boot != _BOOT:
+    if boot != _BOOT or not _PROC:  # another boot or host, or no /proc to ask: by age
         return age < UNKNOWN_OWNER_AGE
     now = start_ticks(pid)
     return now is not None and (ticks == 0 or now == ticks)

@@ -176,6 +176,56 @@ def test_destinations_lose_what_killed_writers_left(tmp_path: Path) -> None:
     ]
 
 
+def _fake_cache(cache: Path) -> dict[str, list[Path]]:
+    """One entry of every kind, by kind: what each is made of on disk."""
+    h = "ab" * 32
+    made = {
+        "blob": [cache / "blobs" / "sha256" / h],
+        "layer index": [cache / "index" / f"sha256-{h}.index.json", cache / "index" / "files" / f"sha256-{h}"],
+        "result": [cache / "results" / ("cd" * 32 + ".json")],
+        "repository file": [cache / "repos" / "apt-repos" / "blobs" / "sha256" / h,
+                            cache / "repos" / "apt-repos" / "release-state" / "x.json"],
+        "package": [cache / "apt" / "debs" / "ocp-lib_2.0_amd64.deb"],
+        "apt lists": [cache / "apt" / "apt-lists" / "6c59dda7a34cd4f6"],
+        "apt sources": [cache / "apt" / "apt-sources" / "6c59dda7a34cd4f6"],
+        "log": [cache / "apt" / "logs" / "apt-20261202T000000-1.log"],
+        "tooling tree": [cache / "tooling" / h],
+    }  # fmt: skip
+    for paths in made.values():
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if p.suffix or p.parent.name in ("sha256", "logs"):
+                p.write_bytes(b"x" * 5000)
+            else:
+                (p / "partial").mkdir(parents=True)
+                (p / "data").write_bytes(b"y" * 5000)
+    made["result"][0].write_text(json.dumps({"layer_digest": f"sha256:{h}"}))
+    (made["tooling tree"][0] / ".ocipatch-complete").write_text("debian:12-slim\n")
+    return made
+
+
+def test_every_kind_is_an_entry_and_goes_when_old(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    made = _fake_cache(cache)
+    info = json.loads(cli("cache", "info", "--json", "--cache-dir", str(cache)).stdout)
+    assert {k: v["entries"] for k, v in info["kinds"].items()} == {
+        k: len(v) if k == "repository file" else 1 for k, v in made.items()
+    }
+    for p in all_paths(cache):
+        age(p, 3)
+    old = ["package", "apt lists", "log", "tooling tree", "layer index", "blob"]
+    for kind in old:
+        marker = made[kind][0]
+        age(marker / ".ocipatch-complete" if kind == "tooling tree" else marker, 10)
+    doc = prune(cache, "--older-than", "1w")
+    gone = sorted(e["kind"] for e in doc["removed"])
+    assert gone == sorted([*old, "result"]), "and the result naming the removed blob"
+    for kind, paths in made.items():
+        for p in paths:
+            assert p.exists() == (kind not in gone), (kind, p)
+    assert doc["bytes_freed"] >= 6 * 4096
+
+
 @pytest.mark.parametrize(
     "args, says",
     [
