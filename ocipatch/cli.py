@@ -353,3 +353,12 @@ def _print_result(result: Any) -> None:
         click.echo(f"{result.source} is up to date")
     else:
         click.echo(f"{result.image}@{result.image_digest}")
+
+
+def _add_groups() -> None:
+    from ocipatch.cachecli import cache
+
+    main.add_command(cache)
+
+
+_add_groups()

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocipatch import space
+from ocipatch import runs, space
 from ocipatch.errors import UsageError
 from ocipatch.oci.cache import BlobCache, default_cache_dir
 from ocipatch.oci.image import Image
@@ -58,6 +58,7 @@ class Context:
                 "pass --cache-dir DIR, a directory you can write",
             )
         )
+        runs.start(cache.root)  # removes what killed runs left; protects this run from prune
         platform = Platform.parse(platform_text) if platform_text else None
         return cls(options, cache, platform, debug)
 

@@ -11,7 +11,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import tempfile
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ocipatch import background
+from ocipatch import background, runs
 from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
 from ocipatch.distro.apt import AptConfig, AptRunner
@@ -682,9 +682,13 @@ def _write_patch_layer(
 ) -> tuple[str, str, int]:
     """Write the layer into the blob cache; (digest, diff_id, size)."""
     tmp_dir = ctx.cache.work_dir("tmp")
-    with ctx.cache.room(), tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as out:
-        info = write_layer(changes, out, compression)  # type: ignore[arg-type]
-    ctx.cache.put_file(info.digest, Path(out.name))
+    fd, name = runs.mkstemp(tmp_dir)
+    try:
+        with ctx.cache.room(), os.fdopen(fd, "wb") as out:
+            info = write_layer(changes, out, compression)
+        ctx.cache.put_file(info.digest, Path(name))
+    finally:
+        Path(name).unlink(missing_ok=True)  # put_file moved it, or the layer was not written
     return info.digest, info.diff_id, info.size
 
 

@@ -15,19 +15,18 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ocipatch import __version__
+from ocipatch import __version__, runs
 from ocipatch.distro.base import Requirement
 from ocipatch.errors import OcipatchError
 from ocipatch.fs.layerwriter import WRITER_FORMAT
 from ocipatch.fs.merged import Entry, MergedView
-from ocipatch.oci.cache import BlobCache
+from ocipatch.oci.cache import BlobCache, touch
 from ocipatch.repos.apt import AptRepositories
 from ocipatch.repos.resolve import InstallSet
 
@@ -88,8 +87,7 @@ def plan_key(
     """The result key, or None when the plan cannot be computed here (then nothing is cached).
     on_plan runs after the key is known; its errors are logged, never raised."""
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="plan-", dir=cache_dir) as tmp:
-        root = Path(tmp)
+    with runs.owned_dir(cache_dir, "plan-") as root:
         try:
             extract_apt_state(view, root)
             repos = AptRepositories(root, cache_dir, mirrors=mirrors)
@@ -144,7 +142,10 @@ class ResultCache:
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return hit if self.blobs.has(hit.layer_digest) else None
+        # A hit whose layer was pruned is a miss: the patch is made again.
+        if not self.blobs.has(hit.layer_digest) or not touch(path):
+            return None
+        return hit
 
     def put(self, key: str, hit: CachedResult) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -154,7 +155,7 @@ class ResultCache:
             "diff_id": hit.diff_id,
             "meta": hit.meta,
         }
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        fd, tmp = runs.mkstemp(self.root)
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f)
         os.replace(tmp, self.root / f"{key}.json")

@@ -6,14 +6,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocipatch import background, space
+from ocipatch import background, runs, space
 from ocipatch.context import Context
 from ocipatch.distro.dpkg import exclude
 from ocipatch.fs.changes import Snapshot, snapshot
@@ -60,12 +58,14 @@ def _mem_available() -> int:
 @contextlib.contextmanager
 def work_dir(ctx: Context, needed: int = 0) -> Iterator[Path]:
     base = scratch_base(ctx, needed)
+    # Owned (pid, start time, flock): a run killed before its cleanup leaves the tree for the
+    # next run's sweep (ocipatch/runs.py).
     with space.room_in(space.scratch(base)):
-        path = Path(tempfile.mkdtemp(prefix="patch-", dir=base))
+        path = runs.mkdtemp(base, "patch-")
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        runs.remove_tree(path)
 
 
 def room_in_scratch(work: Path) -> contextlib.AbstractContextManager[None]:

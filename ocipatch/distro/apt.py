@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from ocipatch import space
 from ocipatch.errors import ApplyError, IntegrityError, ResolveError, UsageError
+from ocipatch.oci.cache import touch
 from ocipatch.repos.sources import rewrite
 from ocipatch.sandbox.base import APT_NO_PRIVILEGE_DROP, RunSpec, Sandbox, default_env, tail
 
@@ -61,11 +62,13 @@ class AptRunner:
         self.archives = config.cache_dir / "debs"
         for d in (self.lists / "partial", self.archives / "partial"):
             d.mkdir(parents=True, exist_ok=True)
+        touch(self.lists)  # used now: `cache prune` keeps a live run's lists
         self._sources_dir: Path | None = None
         self._file_mirrors = _file_mirror_binds(config.mirrors)
         if config.mirrors:
             self._sources_dir = config.cache_dir / "apt-sources" / key
             self._write_mirrored_sources(self._sources_dir)
+            touch(self._sources_dir)
 
     # -- sources ----------------------------------------------------------------------------
     def _source_files(self) -> list[Path]:

@@ -18,10 +18,9 @@ so apt's resolver accepts the image as it is and only adds what a new version ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from debian.deb822 import Deb822, PkgRelation
 
+from ocipatch import runs
 from ocipatch.context import Context
 from ocipatch.distro.apt import (
     ARCHIVES_INSIDE,
@@ -108,9 +108,11 @@ def tooling_rootfs(ctx: Context, ref_text: str, given: bool, progress: Progress)
     root = ctx.cache.work_dir("tooling")
     final = root / image.digest.split(":", 1)[1]
     if (final / ".ocipatch-complete").is_file():
+        with contextlib.suppress(OSError):
+            os.utime(final / ".ocipatch-complete")  # last use, for `cache prune`
         return final
     progress.step(f"Unpacking the tooling image {ref_text}")
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    tmp = runs.mkdtemp(root)  # a killed run's half tree is swept by the next run
     try:
         prefetch(image.layers)
         unpack(image.layers, tmp)
@@ -128,14 +130,14 @@ def tooling_rootfs(ctx: Context, ref_text: str, given: bool, progress: Progress)
             resolv.parent.mkdir(parents=True, exist_ok=True)
             resolv.touch()
         (tmp / ".ocipatch-complete").write_text(ref_text + "\n")
+        (tmp / runs.OWNER_FILE).unlink()  # not part of the tree apt runs in
         try:
             os.rename(tmp, final)
         except OSError:  # another run finished first: use its tree
             if not (final / ".ocipatch-complete").is_file():
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        runs.remove_tree(tmp)
     return final
 
 

@@ -18,6 +18,7 @@ from ocipatch.distro.base import ApplyOutcome, InstalledPackage, Plan, PlanItem,
 from ocipatch.distro.dpkgdb import STATUS, is_installed, iter_stanzas, package_of
 from ocipatch.distro.versions import compare_deb
 from ocipatch.errors import ApplyError, ResolveError, VerifyError
+from ocipatch.oci.cache import touch
 from ocipatch.repos.resolve import InstallSet
 
 # Never part of a patch layer: caches, logs, apt's indices, dpkg's backups, scratch space and
@@ -347,6 +348,8 @@ class DpkgPatcher:
                 outcome.updated.append((name, old.version, new))
         wanted = {(n, v) for n, _, v in outcome.updated}
         outcome.debs = [p for p in self.runner.downloaded_debs() if deb_key(p) in wanted]
+        for p in outcome.debs:
+            touch(p)  # apt read them: their last use, for `cache prune`
         # No notes from dpkg's "==> Keeping old config file as default." lines: they do not name
         # the file. patch.py notes each kept conffile from the .dpkg-dist it finds in the diff.
         outcome.notes += self.notes

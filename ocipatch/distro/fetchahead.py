@@ -10,6 +10,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from ocipatch import runs
 from ocipatch.distro.apt import archive_name
 from ocipatch.distro.debmeta import DebMetaMemo
 from ocipatch.repos.apt import AptRepositories
@@ -61,7 +62,7 @@ class FetchAhead:
         dest = self.archives / archive_name(item.name, item.version, item.arch)
         if not dest.is_file():
             self.archives.mkdir(parents=True, exist_ok=True)
-            tmp = self.archives / "partial" / f"{dest.name}.{os.getpid()}.ahead"
+            tmp = self.archives / "partial" / f"{runs.owned_prefix('.tmp-')}{dest.name}.ahead"
             tmp.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)
             try:

@@ -18,18 +18,18 @@ import logging
 import os
 import re
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
-from ocipatch import space
+from ocipatch import runs, space
 from ocipatch.errors import ImageFormatError, UnsafeArchiveError
 from ocipatch.fs import rootpath
 from ocipatch.fs import whiteout as wh
 from ocipatch.fs.compress import DECODE_ERRORS, ReadAhead
+from ocipatch.oci.cache import touch
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def remember(cache_dir: Path | None, digest: str, ordinal: int, data: bytes) -> 
     path = content_path(cache_dir, digest, ordinal)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        fd, tmp = runs.mkstemp(path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -323,7 +323,7 @@ def _cache_file(cache_dir: Path, digest: str) -> Path:
 def load_index(layer: TarLayer, cache_dir: Path | None) -> list[Op]:
     """The layer's index, from the cache when present, else by streaming the layer once."""
     path = _cache_file(cache_dir, layer.digest) if cache_dir is not None else None
-    if path is not None and path.is_file():
+    if path is not None and path.is_file() and touch(path):
         try:
             ops = _ops_from_json(json.loads(path.read_text("utf-8")), layer.digest)
         except (ValueError, KeyError, TypeError, IndexError):
@@ -338,7 +338,7 @@ def load_index(layer: TarLayer, cache_dir: Path | None) -> list[Op]:
 
 
 def cached_index_exists(digest: str, cache_dir: Path | None) -> bool:
-    return cache_dir is not None and _cache_file(cache_dir, digest).is_file()
+    return cache_dir is not None and touch(_cache_file(cache_dir, digest))
 
 
 def store_index(
@@ -352,7 +352,7 @@ def store_index(
     path = _cache_file(cache_dir, digest)
     with space.room_in(space.cache(cache_dir)):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        fd, tmp = runs.mkstemp(path.parent, suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(_ops_to_json(digest, ops), f, separators=(",", ":"))

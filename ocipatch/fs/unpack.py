@@ -33,12 +33,12 @@ import logging
 import os
 import stat
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ocipatch import runs
 from ocipatch.errors import ImageFormatError
 from ocipatch.fs import rootpath
 from ocipatch.fs import whiteout as wh
@@ -176,7 +176,7 @@ class OwnershipMap:
     def save(self, path: Path) -> None:
         """Write as JSON (atomically: a temporary file renamed over path)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        fd, tmp = runs.mkstemp(path.parent, suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.to_json(), f, separators=(",", ":"), sort_keys=True)

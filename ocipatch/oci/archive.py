@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from ocipatch import runs
 from ocipatch.errors import ImageFormatError, NotFoundError
 from ocipatch.oci import jsondoc
 from ocipatch.oci import mediatypes as mt
@@ -295,9 +296,10 @@ class OciArchiveDestination(LayoutDestination):
     def __init__(self, path: Path, tag: str | None) -> None:
         self._target = path
         parent = target_of(path).parent
-        self._tmp = Path(
-            tempfile.mkdtemp(prefix=".ocipatch-", dir=parent if parent.exists() else None)
-        )
+        parent = parent if parent.exists() else Path(tempfile.gettempdir())
+        runs.sweep([parent], legacy=False)  # what killed runs writing here left
+        # The owner in the name only: a lock file inside would be packed into the archive.
+        self._tmp = Path(tempfile.mkdtemp(prefix=runs.owned_prefix(".ocipatch-"), dir=parent))
         super().__init__(self._tmp, tag)
 
     def close(self) -> None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from ocipatch import runs
 
 NEW_FILE_MODE = 0o644
 
@@ -40,7 +41,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     except FileNotFoundError:
         old = None
     mode = stat.S_IMODE(old.st_mode) if old is not None else NEW_FILE_MODE & ~umask()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    fd, tmp = runs.mkstemp(target.parent)  # owned: a killed run's is swept by the next
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -10,15 +10,27 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ocipatch import space
+from ocipatch import runs, space
 from ocipatch.oci.digest import VerifiedReader
 
 CHUNK = 1 << 20
+
+
+def touch(path: Path) -> bool:
+    """Mark a cache entry used now (its mtime: what `cache prune` evicts by, since atime is
+    not updated on noatime mounts and only daily with relatime); False when it is gone. A
+    read-only cache or another user's file cannot be marked, and is still there."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return os.path.exists(path)
+    return True
 
 
 def default_cache_dir() -> Path:
@@ -35,14 +47,16 @@ class BlobCache:
         return self.root / "blobs" / alg / hexpart
 
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        """Present (and marked used: a live run's entries are kept by `cache prune`)."""
+        path = self.path(digest)
+        return path.is_file() and touch(path)
 
     def fetch(
         self, digest: str, size: int | None, opener: Callable[[], BinaryIO], what: str = "blob"
     ) -> Path:
         """Return the cached file for digest, streaming it from opener() when missing."""
         dest = self.path(digest)
-        if dest.is_file():
+        if dest.is_file() and touch(dest):
             return dest
         with self.writer(dest) as tmp, opener() as raw:
             reader = VerifiedReader(raw, digest, size, what)
@@ -56,7 +70,7 @@ class BlobCache:
         """A temporary file beside dest, renamed onto it only if the block succeeds."""
         with self.room():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+            fd, tmp_name = runs.mkstemp(dest.parent)
             try:
                 with os.fdopen(fd, "wb") as tmp:
                     yield tmp

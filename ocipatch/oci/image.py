@@ -79,7 +79,7 @@ class Layer:
         if self._verified_path is not None:
             return self._verified_path
         cached = self._cache.path(self.digest)
-        if cached.is_file():
+        if self._cache.has(self.digest):
             self._verified_path = cached
             return cached
         if self._source is None:

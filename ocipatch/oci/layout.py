@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ocipatch import runs
 from ocipatch.errors import ImageFormatError, NotFoundError
 from ocipatch.oci import jsondoc
 from ocipatch.oci import mediatypes as mt
@@ -98,6 +99,7 @@ class LayoutDestination:
         self.root = root
         self.tag = tag
         self.blobs_written = 0
+        runs.sweep([root, root / "blobs" / "sha256"], legacy=False)  # killed writers' files
 
     def has_blob(self, desc: Descriptor) -> bool:
         return blob_path(self.root, desc.digest).is_file()

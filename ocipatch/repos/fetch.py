@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from ocipatch.errors import IntegrityError, ResolveError
-from ocipatch.oci.cache import BlobCache
+from ocipatch.oci.cache import BlobCache, touch
 
 USER_AGENT = "ocipatch (apt index reader)"
 CHUNK = 1 << 20
@@ -161,6 +161,7 @@ class RepoCache:
         if hashlib.sha256(data).hexdigest() != sha256 or (size is not None and len(data) != size):
             p.unlink(missing_ok=True)
             return None
+        touch(p)
         return data
 
     def put(self, data: bytes, sha256: str) -> Path:
@@ -175,7 +176,7 @@ class RepoCache:
 
     def has(self, sha256: str, size: int) -> bool:
         p = self.path(sha256)
-        return p.is_file() and p.stat().st_size == size
+        return p.is_file() and p.stat().st_size == size and touch(p)
 
     def download(self, fetcher: Fetcher, url: str, sha256: str, size: int, what: str) -> Path:
         """Stream `url` into the cache, checking size and SHA256 on the way; on a mismatch the

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ocipatch import runs
 from ocipatch.errors import IntegrityError, UnsupportedError
 from ocipatch.repos.sources import AptSource, resolve_in_root
 
@@ -240,7 +241,7 @@ def _check_clearsigned_shape(data: bytes, what: str) -> None:
 def verify_clearsigned(data: bytes, keyrings: Keyrings, what: str) -> bytes:
     """The signed text of an InRelease file, after gpgv accepted its signature."""
     _check_clearsigned_shape(data, what)
-    with tempfile.TemporaryDirectory(prefix="ocipatch-gpgv-") as t:
+    with tempfile.TemporaryDirectory(prefix=runs.owned_prefix("ocipatch-gpgv-")) as t:
         tmp = Path(t)
         (tmp / "InRelease").write_bytes(data)
         out = tmp / "signed"
@@ -251,7 +252,7 @@ def verify_clearsigned(data: bytes, keyrings: Keyrings, what: str) -> bytes:
 
 def verify_detached(data: bytes, signature: bytes, keyrings: Keyrings, what: str) -> bytes:
     """`data` (a Release file), after gpgv accepted `signature` (Release.gpg) for it."""
-    with tempfile.TemporaryDirectory(prefix="ocipatch-gpgv-") as t:
+    with tempfile.TemporaryDirectory(prefix=runs.owned_prefix("ocipatch-gpgv-")) as t:
         tmp = Path(t)
         (tmp / "Release").write_bytes(data)
         (tmp / "Release.gpg").write_bytes(signature)

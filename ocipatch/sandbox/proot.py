@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ocipatch import runs
 from ocipatch.errors import SandboxError
 from ocipatch.sandbox.base import (
     HOST_RESOLV_CONF,
@@ -89,7 +90,7 @@ class ProotSandbox:
         root = check_spec(spec)
         loader = preexec_loader(proot_filter(fake_chown=not can_chown_freely()))
         with tempfile.TemporaryDirectory(
-            prefix="ocipatch-proot-tmp-", ignore_cleanup_errors=True
+            prefix=runs.owned_prefix("ocipatch-proot-tmp-"), ignore_cleanup_errors=True
         ) as tmp:
             mounts = MountPoints(root)
             cmd = self.command(spec, root, Path(tmp), mounts)
