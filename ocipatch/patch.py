@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,14 @@ from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
 from ocipatch.distro.apt import AptConfig, AptRunner
 from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requirement
-from ocipatch.distro.debmeta import DebMetaMemo, deb_file_meta, read_statoverride
+from ocipatch.distro.debmeta import DebMetaMemo, newest_mtime, with_package_metadata
 from ocipatch.distro.detect import OsRelease, read_os_release
 from ocipatch.distro.dpkg import DpkgPatcher, exclude
 from ocipatch.distro.dpkgdirect import DirectConfig, DpkgDirectPatcher
 from ocipatch.distro.fetchahead import FetchAhead
 from ocipatch.errors import UnsupportedError, UsageError
 from ocipatch.fs.changes import Change, diff
+from ocipatch.fs.layertime import LayerClock
 from ocipatch.fs.layerwriter import write_layer
 from ocipatch.fs.merged import MergedView
 from ocipatch.oci import mediatypes as mt
@@ -189,6 +190,7 @@ def _patch(
     report: UpdateManifest | None,
 ) -> PatchResult:
     source_digest = image.index.digest if image.index is not None else image.digest
+    clock = LayerClock.of(image.config)  # a malformed SOURCE_DATE_EPOCH fails here, early
     view = MergedView(image.layers, ctx.cache.work_dir("index"))
     keep = base_layer_count(image)
     unpacked: Unpacked | None = None
@@ -251,6 +253,7 @@ def _patch(
             ignore_errors=opts.ignore_errors,
             mirrors=opts.repo_mirrors,
             cache_dir=ctx.cache.work_dir("repos"),
+            times=clock.key(),
         )
         ahead = FetchAhead(
             None if opts.sandbox == "none" else ctx.cache.work_dir("apt") / "debs", memo
@@ -358,9 +361,10 @@ def _patch(
 
     progress.step("Writing the patch layer")
     changes = diff(snap, rootfs, exclude, ownership=own)
-    changes = _with_package_ownership(changes, rootfs, outcome.debs, memo)
+    changes = with_package_metadata(changes, rootfs, outcome.debs, memo)
     result.notes += _conffile_notes(changes)
-    layer = _write_patch_layer(ctx, changes, opts.compression)
+    mtime = clock.time(newest_mtime(outcome.debs, memo))
+    layer = _write_patch_layer(ctx, changes, opts.compression, mtime)
     new_image = _assemble(ctx, image, keep, layer, opts.compression, result.updated)
     result.layer_size = layer[2]
     progress.step(f"Writing {dest_ref}")
@@ -375,24 +379,6 @@ def _patch(
         results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
 
     return _finish(opts, result, plan, osr, image, new_image, dest_ref, started, progress)
-
-
-def _with_package_ownership(
-    changes: list[Change], rootfs: Path, debs: list[Path], memo: DebMetaMemo
-) -> list[Change]:
-    """Owners and modes from the installed .debs (then statoverride), not from the disk of an
-    unprivileged sandbox."""
-    meta = deb_file_meta(debs, memo)
-    meta.update(read_statoverride(rootfs))
-    out = []
-    for c in changes:
-        m = meta.get(c.path)
-        if m is not None and c.type in ("file", "dir"):
-            c = replace(c, uid=m.uid, gid=m.gid, mode=m.mode)
-        elif m is not None and c.type == "symlink":
-            c = replace(c, uid=m.uid, gid=m.gid)
-        out.append(c)
-    return out
 
 
 def _conffile_notes(changes: list[Change]) -> list[str]:
@@ -488,12 +474,12 @@ def _finish(
 
 
 def _write_patch_layer(
-    ctx: Context, changes: list[Change], compression: str
+    ctx: Context, changes: list[Change], compression: str, mtime: int
 ) -> tuple[str, str, int]:
-    """Write the layer into the blob cache; (digest, diff_id, size)."""
+    """Write the layer into the blob cache, dated by the layer time; (digest, diff_id, size)."""
     tmp_dir = ctx.cache.work_dir("tmp")
     with tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False) as out:
-        info = write_layer(changes, out, compression)  # type: ignore[arg-type]
+        info = write_layer(changes, out, compression, clamp_mtime=mtime)  # type: ignore[arg-type]
     ctx.cache.put_file(info.digest, Path(out.name))
     return info.digest, info.diff_id, info.size
 

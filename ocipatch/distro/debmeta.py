@@ -1,8 +1,10 @@
-"""What the packages say about their files: owner, group and mode from each .deb's data.tar,
-and the local overrides in dpkg's statoverride file.
+"""What the packages say about their files: owner, group, mode and mtime from each .deb's
+data.tar, and the local overrides in dpkg's statoverride file.
 
 A sandbox that is not really root cannot chown, so the patch layer takes ownership from here
-rather than from the disk: a root:shadow 2755 file stays root:shadow 2755.
+rather than from the disk: a root:shadow 2755 file stays root:shadow 2755. Times come from here
+too: a package's file keeps the date its data.tar gives it, whatever the installer (dpkg in a
+sandbox, ocipatch's own unpacker) left on disk.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import zstandard
@@ -20,6 +22,9 @@ from debian.arfile import ArError, ArFile
 from debian.debfile import DebError, DebFile
 
 from ocipatch.errors import IntegrityError
+from ocipatch.fs.changes import Change
+
+_DPKG_DIST = ".dpkg-dist"
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,11 @@ class FileMeta:
     uid: int
     gid: int
     mode: int  # permission bits incl. setuid/setgid/sticky
+    # What the data.tar header says beyond owners (None/""/-1 for a statoverride entry):
+    mtime: int | None = None
+    kind: str = ""  # 'file' (a hard link member: its target's), 'dir', 'symlink'
+    size: int = -1  # a file's size
+    linkname: str = ""  # a symlink's target
 
 
 def open_data_tar(deb: Path) -> tarfile.TarFile:
@@ -74,14 +84,30 @@ def control_files(deb: Path) -> dict[str, bytes]:
         raise IntegrityError(f"cannot read package {deb.name}: {e}") from None
 
 
+def _member_path(raw: str) -> str:
+    name = raw[2:] if raw.startswith("./") else raw.lstrip("/")
+    return name.rstrip("/")
+
+
 def _one_deb_meta(deb: Path) -> dict[str, FileMeta]:
     out: dict[str, FileMeta] = {}
     with open_data_tar(deb) as tar:
         for m in tar:
-            name = m.name[2:] if m.name.startswith("./") else m.name.lstrip("/")
-            name = name.rstrip("/")
-            if name and name != ".":
-                out[name] = FileMeta(m.uid, m.gid, m.mode & 0o7777)
+            name = _member_path(m.name)
+            if not name or name == ".":
+                continue
+            meta = FileMeta(m.uid, m.gid, m.mode & 0o7777, int(m.mtime))
+            if m.isreg():
+                meta = replace(meta, kind="file", size=m.size)
+            elif m.isdir():
+                meta = replace(meta, kind="dir")
+            elif m.issym():
+                meta = replace(meta, kind="symlink", linkname=m.linkname)
+            elif m.islnk():
+                # The same inode as its target (written before it): the target's content.
+                target = out.get(_member_path(m.linkname))
+                meta = target if target is not None else replace(meta, kind="hardlink")
+            out[name] = meta
     return out
 
 
@@ -94,6 +120,15 @@ def deb_file_meta(debs: list[Path], memo: DebMetaMemo | None = None) -> dict[str
     for meta in memo.read(debs):
         out.update(meta)
     return out
+
+
+def newest_mtime(debs: list[Path], memo: DebMetaMemo | None = None) -> int:
+    """The newest data.tar mtime over the given packages (0 without any)."""
+    memo = memo if memo is not None else DebMetaMemo()
+    return max(
+        (m.mtime or 0 for meta in memo.read(debs) for m in meta.values()),
+        default=0,
+    )
 
 
 class DebMetaMemo:
@@ -121,6 +156,50 @@ class DebMetaMemo:
                 self._done.update(read)
         with self._lock:
             return [self._done[k] for k in keys]
+
+
+def with_package_metadata(
+    changes: list[Change], rootfs: Path, debs: list[Path], memo: DebMetaMemo | None = None
+) -> list[Change]:
+    """Owners, modes and times from the installed .debs (owners then statoverride), not from
+    the disk of an unprivileged sandbox or the clock of the run.
+
+    A file or symlink keeps its data.tar mtime while it is what the package shipped (same type,
+    and same size or link target: a maintainer script may rewrite a file); a new conffile kept
+    beside the image's as `.dpkg-dist` is the package's file too. Everything else (directories,
+    what scripts and dpkg wrote) has no time of its own: the layer time (docs/design.md).
+    """
+    meta = deb_file_meta(debs, memo)
+    overrides = read_statoverride(rootfs)
+    out = []
+    for c in changes:
+        m = overrides.get(c.path) or meta.get(c.path)
+        if m is not None and c.type in ("file", "dir"):
+            c = replace(c, uid=m.uid, gid=m.gid, mode=m.mode)
+        elif m is not None and c.type == "symlink":
+            c = replace(c, uid=m.uid, gid=m.gid)
+        out.append(replace(c, mtime=_package_time(c, meta)))
+    return out
+
+
+def _package_time(c: Change, meta: dict[str, FileMeta]) -> int | None:
+    if c.type == "file":
+        m = meta.get(c.path)
+        if m is None and c.path.endswith(_DPKG_DIST):
+            m = meta.get(c.path[: -len(_DPKG_DIST)])
+        if m is not None and m.kind == "file" and m.size == _content_size(c):
+            return m.mtime
+    elif c.type == "symlink":
+        m = meta.get(c.path)
+        if m is not None and m.kind == "symlink" and m.linkname == c.linkname:
+            return m.mtime
+    return None
+
+
+def _content_size(c: Change) -> int:
+    if isinstance(c.source, Path):
+        return os.lstat(c.source).st_size
+    return len(c.source or b"")
 
 
 def _id(name: str, table: dict[str, int]) -> int | None:
