@@ -31,7 +31,7 @@ from ocipatch.oci.transport import open_image, write_image
 from ocipatch.oci.types import Descriptor
 from ocipatch.sandbox.base import RunSpec
 from ocipatch.sandbox.select import select_sandbox
-from tools.aptrepo import AptRepo, DebFile, DebSpec, RepoServer
+from tools.aptrepo import DEFAULT_EPOCH, AptRepo, DebFile, DebSpec, RepoServer
 
 SHADOW_GID = 42  # Debian's fixed gid of group shadow
 TOOL = "/usr/bin/ocp-tool"
@@ -45,6 +45,17 @@ NEWDEP_MARKER = "/usr/share/ocp-newdep/marker"
 HELD = "ocp-held"
 # Where the test image's .debs are bound inside the sandbox: a tree the patch layer excludes.
 _DEBS_INSIDE = "/var/cache/ocipatch/hermetic-debs"
+
+
+# When the packages were built (their data.tar mtimes, dpkg-deb's SOURCE_DATE_EPOCH): the 1.0s
+# with the image (DEFAULT_EPOCH, also its `created`), the newer versions later and not all at
+# once, so that a patch layer's times tell the packages apart.
+V2_BUILT = 1_710_000_000
+BUILT = {"ocp-zstd": 1_720_000_000}
+
+
+def built_at(spec: DebSpec) -> int:
+    return DEFAULT_EPOCH if spec.version == "1.0" else BUILT.get(spec.name, V2_BUILT)
 
 
 def _lib(version: str) -> DebSpec:

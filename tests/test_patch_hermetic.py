@@ -8,7 +8,10 @@ and `dpkg-query --admindir` over a rootfs umoci unpacked.
 
 from __future__ import annotations
 
+import datetime
+import io
 import json
+import math
 import os
 import pwd
 import shutil
@@ -63,8 +66,11 @@ def env(debian_layout: Path, registry: Any, apt_signer: Signer) -> Iterator[Env]
     work = Path(tempfile.mkdtemp(prefix="ocipatch-hermetic-", dir=scratch_dir()))
     work.chmod(0o777)
     v1 = [build_deb(s, work / "v1") for s in h.image_specs()]
-    good = [build_deb(s, work / "v2") for s in h.repo_specs()]
-    bad = [build_deb(s, work / "v2bad") for s in h.repo_specs(bad_postinst=True)]
+    good = [build_deb(s, work / "v2", source_date_epoch=h.built_at(s)) for s in h.repo_specs()]
+    bad = [
+        build_deb(s, work / "v2bad", source_date_epoch=h.built_at(s))
+        for s in h.repo_specs(bad_postinst=True)
+    ]
     repo = build_repo(work / "repo-good", good, signer=apt_signer)
     build_repo(work / "repo-bad", bad, signer=apt_signer)  # same suite and key, other packages
     server = RepoServer(repo.root).start()
@@ -432,3 +438,119 @@ def test_apt_pinning_is_honoured(env: Env) -> None:
     report = env.report("pinned-other", {"ocp-dep": "2.0"})
     out = patched(env, "-i", ref, "-r", str(report), "-t", "pinned-other")
     assert updated(out) == {"ocp-dep": ("1.0", "2.0"), "ocp-newdep": ("", "1.0")}
+
+
+# --- times of the patch layer (issue #9) -------------------------------------------------------
+
+OLD_DEFAULT = 946684800  # 2000-01-01, what every entry used to get
+TIMES = {"ocp-lib": "2.0", "ocp-zstd": "2.0", "ocp-conf": "2.0"}
+
+
+def served_debs(env: Env, versions: dict[str, str]) -> list[Path]:
+    """The .debs the repository serves for name -> version (what the patch installs)."""
+    return [
+        next((env.server.root / "pool").rglob(f"{name}_{version}_*.deb"))
+        for name, version in versions.items()
+    ]
+
+
+def deb_payload(deb: Path) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
+    """path -> (header, content) of a .deb's data.tar, read with dpkg-deb, not ocipatch."""
+    raw = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True
+    ).stdout
+    out: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        for m in tf.getmembers():
+            f = tf.extractfile(m) if m.isreg() else None
+            out[m.name.removeprefix("./").rstrip("/")] = (m, f.read() if f is not None else b"")
+    return out
+
+
+def image_created(env: Env) -> int:
+    config = json.loads(skopeo("inspect", "--config", "--tls-verify=false", f"docker://{env.ref}"))
+    when = datetime.datetime.fromisoformat(config["created"].replace("Z", "+00:00"))
+    return math.ceil(when.timestamp())
+
+
+def check_times(p: Pulled, debs: list[Path], layer_time: int) -> dict[str, int]:
+    """Every entry that is a package's file or symlink (same content or target as in its .deb;
+    a kept conffile's .dpkg-dist too) has the .deb's header time, clamped to layer_time; every
+    other entry (directories, what dpkg and scripts wrote, whiteouts) has layer_time; none the
+    old fixed date. Returns path -> mtime of the package entries."""
+    shipped: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
+    for deb in debs:
+        shipped.update(deb_payload(deb))
+    from_packages = {}
+    for name, m in sorted(p.patch_layer.items()):
+        assert m.mtime != OLD_DEFAULT, name
+        own = shipped.get(name) or shipped.get(name.removesuffix(".dpkg-dist"))
+        same = own is not None and (
+            (m.isreg() and own[0].isreg() and p.content(name) == own[1])
+            or (m.issym() and own[0].issym() and m.linkname == own[0].linkname)
+        )
+        if same:
+            assert own is not None
+            assert m.mtime == min(int(own[0].mtime), layer_time), name
+            from_packages[name] = m.mtime
+        else:
+            assert m.mtime == layer_time, (name, m.mtime, layer_time)
+    return from_packages
+
+
+def test_patch_layer_times(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Package files keep their .deb's mtime, everything else gets one layer time: the newest
+    package mtime or the image's `created` (the later), or SOURCE_DATE_EPOCH when set (package
+    files newer than it clamped to it). The same for apt in the sandbox and --sandbox none, for
+    root and nobody; the result cache tells SOURCE_DATE_EPOCH values apart."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    debs = served_debs(env, TIMES)
+    newest = max(int(m.mtime) for deb in debs for m, _ in deb_payload(deb).values())
+    layer_time = max(newest, image_created(env))
+    assert layer_time == h.BUILT["ocp-zstd"]  # the fixture's newest package, after `created`
+    report = env.report("times", TIMES)
+    cache = env.work / "cache-times"
+
+    out = patched(env, "-i", env.ref, "-r", str(report), "-t", "times", cache=cache)
+    assert set(updated(out)) == set(TIMES)
+    p = pull(env, "times", "times")
+    dated = check_times(p, debs, layer_time)
+    assert dated[h.TOOL.lstrip("/")] == dated[h.LIB.lstrip("/")] == h.V2_BUILT
+    assert dated[h.ZTOOL.lstrip("/")] == h.BUILT["ocp-zstd"]
+    assert dated[h.CONF.lstrip("/") + ".dpkg-dist"] == h.V2_BUILT
+    assert p.member("/var/lib/dpkg/status").mtime == layer_time
+    assert p.member("/var/lib/dpkg/info/ocp-lib.md5sums").mtime == layer_time
+
+    # SOURCE_DATE_EPOCH between the two build times: ocp-lib's files keep theirs, ocp-zstd's
+    # and the rest get it. Same cache: the earlier layer must not be taken for this one.
+    sde = (h.V2_BUILT + h.BUILT["ocp-zstd"]) // 2
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(sde))
+    out = patched(env, "-i", env.ref, "-r", str(report), "-t", "times-sde", cache=cache)
+    assert not any("reused" in n for n in out["notes"]), out["notes"]
+    q = pull(env, "times-sde", "times-sde")
+    dated = check_times(q, debs, sde)
+    assert dated[h.TOOL.lstrip("/")] == h.V2_BUILT and dated[h.ZTOOL.lstrip("/")] == sde
+    assert q.layers[-1] != p.layers[-1]
+
+    # Again, as nobody with its own cache: the very same layer.
+    again = patched(
+        env, "-i", env.ref, "-r", str(report), "-t", "times-sde2",
+        cache=env.work / "cache-times-nobody", user="nobody",
+    )  # fmt: skip
+    assert not any("reused" in n for n in again["notes"])
+    theirs = json.loads(
+        skopeo("inspect", "--tls-verify=false", f"docker://{env.dest('times-sde2')}")
+    )
+    assert theirs["Layers"][-1] == q.layers[-1], "same input, same layer digest"
+
+    # --sandbox none installs with ocipatch's own unpacker: the same times.
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    direct = patched(
+        env, "-i", env.ref, "-r", str(report), "-t", "times-none", "--sandbox", "none",
+        cache=env.work / "cache-times-none",
+    )  # fmt: skip
+    assert set(updated(direct)) == set(TIMES)
+    d = pull(env, "times-none", "times-none")
+    dated = check_times(d, debs, layer_time)
+    assert dated[h.TOOL.lstrip("/")] == h.V2_BUILT
+    assert dated[h.ZTOOL.lstrip("/")] == h.BUILT["ocp-zstd"]
