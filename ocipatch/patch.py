@@ -24,7 +24,12 @@ from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
 from ocipatch.distro.apt import AptConfig, AptRunner
 from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requirement
-from ocipatch.distro.debmeta import DebMetaMemo, newest_mtime, with_package_metadata
+from ocipatch.distro.debmeta import (
+    DebMetaMemo,
+    newest_time,
+    replayed_meta,
+    with_package_metadata,
+)
 from ocipatch.distro.detect import OsRelease, read_os_release
 from ocipatch.distro.dpkg import DpkgPatcher, exclude
 from ocipatch.distro.dpkgdirect import DirectConfig, DpkgDirectPatcher
@@ -361,9 +366,10 @@ def _patch(
 
     progress.step("Writing the patch layer")
     changes = diff(snap, rootfs, exclude, ownership=own)
-    changes = with_package_metadata(changes, rootfs, outcome.debs, memo)
+    replayed = replayed_meta(view, keep)  # a re-patch: the previous patch layer's times
+    changes = with_package_metadata(changes, rootfs, outcome.debs, memo, replayed=replayed)
     result.notes += _conffile_notes(changes)
-    mtime = clock.time(newest_mtime(outcome.debs, memo))
+    mtime = clock.time(newest_time(changes, outcome.debs, memo))
     layer = _write_patch_layer(ctx, changes, opts.compression, mtime)
     new_image = _assemble(ctx, image, keep, layer, opts.compression, result.updated)
     result.layer_size = layer[2]

@@ -13,12 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from ocipatch.distro.debmeta import DebMetaMemo, newest_mtime, with_package_metadata
+from ocipatch.distro.debmeta import (
+    DebMetaMemo,
+    newest_mtime,
+    newest_time,
+    replayed_meta,
+    with_package_metadata,
+)
 from ocipatch.errors import UsageError
-from ocipatch.fs.changes import Change
+from ocipatch.fs.changes import Change, diff, snapshot
 from ocipatch.fs.layertime import LayerClock, created_epoch, source_date_epoch
+from ocipatch.fs.merged import MergedView
+from ocipatch.fs.unpack import unpack
 from tests import synth
 from tests.test_cli import run
+from tests.test_fs_merged import D, F, M, MemLayer, tar_of
 from tests.test_image import debianish_layers
 from tests.test_patch_cli import GOOD, error_lines, report
 from tools.aptrepo import DebFile, DebSpec, build_deb
@@ -194,3 +203,38 @@ def test_statoverride_sets_owners_not_times(tmp_path: Path) -> None:
     (root / "usr/bin/a").write_text("#!/bin/sh\necho a\n")
     [c] = with_package_metadata([Change.file("usr/bin/a", root / "usr/bin/a")], root, [a])
     assert (c.uid, c.gid, c.mode, c.mtime) == (7, 7, 0o4750, OLD)
+
+
+def test_repatch_keeps_the_previous_patch_layers_times(tmp_path: Path) -> None:
+    """A re-patch replays the previous patch layer over the base and diffs against the base:
+    what that layer wrote and this run left alone keeps its time (the time the previous patch
+    gave it: a package's), what this run rewrote gets the layer time; the layer time is not
+    older than the kept times."""
+    base = MemLayer(tar_of(D("usr"), D("usr/lib"), F("usr/lib/a.so", "a1"), D("etc")))
+    previous = MemLayer(
+        tar_of(
+            M("usr/lib/a.so", data=b"a2", mtime=NEW),  # a package file of the previous patch
+            M("usr/lib/b.so", data=b"b2", mtime=OLD),
+            M("usr/lib/b-link", tarfile.SYMTYPE, mode=0o777, linkname="b.so", mtime=OLD),
+            M("etc/made", data=b"by a script", mtime=NEW),
+        )
+    )
+    root = tmp_path / "root"
+    own = unpack([base], root, privileged=False)
+    snap = snapshot(root, own, exclude=None)
+    unpack([previous], root, ownership=own)
+    (root / "etc/made").write_text("by the script again, now")  # this run rewrites it
+    changes = diff(snap, root, ownership=own)
+    view = MergedView([base, previous])
+    replayed = replayed_meta(view, 1)
+    assert set(replayed) == {"usr/lib/a.so", "usr/lib/b.so", "usr/lib/b-link", "etc/made"}
+    dated = {c.path: c.mtime for c in with_package_metadata(changes, root, [], replayed=replayed)}
+    assert dated == {
+        "usr/lib/a.so": NEW,
+        "usr/lib/b.so": OLD,
+        "usr/lib/b-link": OLD,
+        "etc/made": None,
+    }
+    dated_changes = with_package_metadata(changes, root, [], replayed=replayed)
+    assert newest_time(dated_changes, []) == NEW
+    assert replayed_meta(view, 2) == {}, "no previous patch layer: nothing replayed"

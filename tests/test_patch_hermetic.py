@@ -29,7 +29,7 @@ from tests import hermetic as h
 from tests.archive import trivy_report
 from tests.plugins.aptrepo import scratch_dir
 from tests.plugins.images import skopeo, umoci_unpack
-from tools.aptrepo import AptRepo, RepoServer, Signer, build_deb, build_repo
+from tools.aptrepo import DEFAULT_EPOCH, AptRepo, RepoServer, Signer, build_deb, build_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 OCIPATCH = ROOT / ".venv" / "bin" / "ocipatch"
@@ -520,6 +520,21 @@ def test_patch_layer_times(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     assert dated[h.CONF.lstrip("/") + ".dpkg-dist"] == h.V2_BUILT
     assert p.member("/var/lib/dpkg/status").mtime == layer_time
     assert p.member("/var/lib/dpkg/info/ocp-lib.md5sums").mtime == layer_time
+
+    # Re-patched (the previous patch layer replayed, one layer again): what the first patch
+    # installed and this one left alone keeps its package's time.
+    more = {"ocp-dep": "2.0", "ocp-newdep": "1.0"}
+    out = patched(
+        env, "-i", env.dest("times"), "-r", str(env.report("times-more", {"ocp-dep": "2.0"})),
+        "-t", "times-more", cache=cache,
+    )  # fmt: skip
+    assert set(updated(out)) == set(more)
+    r = pull(env, "times-more", "times-more")
+    check_one_patch_layer(env, r)
+    dated = check_times(r, debs + served_debs(env, more), layer_time)
+    assert dated[h.TOOL.lstrip("/")] == h.V2_BUILT
+    assert dated[h.ZTOOL.lstrip("/")] == h.BUILT["ocp-zstd"]
+    assert dated[h.NEWDEP_MARKER.lstrip("/")] == DEFAULT_EPOCH
 
     # SOURCE_DATE_EPOCH between the two build times: ocp-lib's files keep theirs, ocp-zstd's
     # and the rest get it. Same cache: the earlier layer must not be taken for this one.

@@ -13,6 +13,7 @@ import io
 import os
 import tarfile
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from debian.debfile import DebError, DebFile
 
 from ocipatch.errors import IntegrityError
 from ocipatch.fs.changes import Change
+from ocipatch.fs.merged import MergedView
 
 _DPKG_DIST = ".dpkg-dist"
 
@@ -159,15 +161,23 @@ class DebMetaMemo:
 
 
 def with_package_metadata(
-    changes: list[Change], rootfs: Path, debs: list[Path], memo: DebMetaMemo | None = None
+    changes: list[Change],
+    rootfs: Path,
+    debs: list[Path],
+    memo: DebMetaMemo | None = None,
+    *,
+    replayed: Mapping[str, FileMeta] | None = None,
 ) -> list[Change]:
     """Owners, modes and times from the installed .debs (owners then statoverride), not from
     the disk of an unprivileged sandbox or the clock of the run.
 
     A file or symlink keeps its data.tar mtime while it is what the package shipped (same type,
     and same size or link target: a maintainer script may rewrite a file); a new conffile kept
-    beside the image's as `.dpkg-dist` is the package's file too. Everything else (directories,
-    what scripts and dpkg wrote) has no time of its own: the layer time (docs/design.md).
+    beside the image's as `.dpkg-dist` is the package's file too. A re-patch replays the
+    previous patch layer (`replayed`, see replayed_meta): what it wrote and this run left as it
+    was (the disk still has the time the replay set) keeps that layer's time. Everything else
+    (directories, what scripts and dpkg wrote) has no time of its own: the layer time
+    (docs/design.md). The disk's times are only compared, never written.
     """
     meta = deb_file_meta(debs, memo)
     overrides = read_statoverride(rootfs)
@@ -178,22 +188,55 @@ def with_package_metadata(
             c = replace(c, uid=m.uid, gid=m.gid, mode=m.mode)
         elif m is not None and c.type == "symlink":
             c = replace(c, uid=m.uid, gid=m.gid)
-        out.append(replace(c, mtime=_package_time(c, meta)))
+        own = _shipped_time(c, meta)
+        if own is None and replayed:
+            own = _replayed_time(c, replayed)
+        out.append(replace(c, mtime=own))
     return out
 
 
-def _package_time(c: Change, meta: dict[str, FileMeta]) -> int | None:
+def newest_time(changes: list[Change], debs: list[Path], memo: DebMetaMemo | None = None) -> int:
+    """The newest time the layer's own times come from: the installed packages' data.tar and
+    the entries that keep a time (a replayed layer's included); 0 without any."""
+    own = (c.mtime for c in changes if c.mtime is not None)
+    return max(newest_mtime(debs, memo), *own, 0)
+
+
+def replayed_meta(view: MergedView, first_replayed: int) -> dict[str, FileMeta]:
+    """Files and symlinks the layers from index first_replayed up (a previous patch layer that
+    a re-patch replays) put in the merged tree, with the times their headers give them."""
+    out: dict[str, FileMeta] = {}
+    if first_replayed >= len(view.layers):
+        return out
+    for e in view.walk():
+        if e.layer < first_replayed or e.type not in ("file", "hardlink", "symlink"):
+            continue
+        kind = "symlink" if e.type == "symlink" else "file"
+        out[e.path] = FileMeta(e.uid, e.gid, e.mode, e.mtime, kind, e.size, e.linkname)
+    return out
+
+
+def _shipped_time(c: Change, meta: Mapping[str, FileMeta]) -> int | None:
+    m = meta.get(c.path)
+    if m is None and c.type == "file" and c.path.endswith(_DPKG_DIST):
+        m = meta.get(c.path[: -len(_DPKG_DIST)])
+    return m.mtime if m is not None and _same_entry(c, m) else None
+
+
+def _replayed_time(c: Change, replayed: Mapping[str, FileMeta]) -> int | None:
+    m = replayed.get(c.path)
+    # c.mtime is still the disk's here: a run that rewrote the file left "now" on it.
+    if m is None or m.mtime is None or c.mtime != m.mtime or not _same_entry(c, m):
+        return None
+    return m.mtime
+
+
+def _same_entry(c: Change, m: FileMeta) -> bool:
     if c.type == "file":
-        m = meta.get(c.path)
-        if m is None and c.path.endswith(_DPKG_DIST):
-            m = meta.get(c.path[: -len(_DPKG_DIST)])
-        if m is not None and m.kind == "file" and m.size == _content_size(c):
-            return m.mtime
-    elif c.type == "symlink":
-        m = meta.get(c.path)
-        if m is not None and m.kind == "symlink" and m.linkname == c.linkname:
-            return m.mtime
-    return None
+        return m.kind == "file" and m.size == _content_size(c)
+    if c.type == "symlink":
+        return m.kind == "symlink" and m.linkname == c.linkname
+    return False
 
 
 def _content_size(c: Change) -> int:
