@@ -15,6 +15,8 @@ import pytest
 
 from ocipatch.distro.debmeta import (
     DebMetaMemo,
+    FileMeta,
+    by_real_path,
     newest_mtime,
     newest_time,
     replayed_meta,
@@ -238,3 +240,41 @@ def test_repatch_keeps_the_previous_patch_layers_times(tmp_path: Path) -> None:
     dated_changes = with_package_metadata(changes, root, [], replayed=replayed)
     assert newest_time(dated_changes, []) == NEW
     assert replayed_meta(view, 2) == {}, "no previous patch layer: nothing replayed"
+
+
+def test_merged_usr_paths_are_found_where_dpkg_put_them(tmp_path: Path) -> None:
+    """A merged-/usr image (lib -> usr/lib): what a package ships under /lib is in the layer
+    under usr/lib, and keeps its owners and time there."""
+    deb = build_deb(
+        DebSpec("ocp-m", "1.0", files=[DebFile("/lib/ocp/x.so", "x" * 10, mode=0o755, gid=42)]),
+        tmp_path / "m",
+        source_date_epoch=OLD,
+    )
+    root = tmp_path / "root"
+    (root / "usr/lib/ocp").mkdir(parents=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "bin").symlink_to("/usr/bin")  # absolute: resolved inside the root
+    (root / "usr/lib/ocp/x.so").write_text("x" * 10)
+    [c] = with_package_metadata(
+        [Change.file("usr/lib/ocp/x.so", root / "usr/lib/ocp/x.so", mtime=1_999_999_999)],
+        root,
+        [deb],
+    )
+    assert (c.mtime, c.gid, c.mode) == (OLD, 42, 0o755)
+
+    def meta(t: int) -> FileMeta:
+        return FileMeta(0, 0, 0o644, t, "file", 1)
+
+    (root / "usr/bin").mkdir()
+    got = by_real_path(
+        {"lib/z": meta(1), "usr/lib/z": meta(2), "lib/y": meta(3), "bin/sh": meta(4),
+         "gone/w": meta(5), "top": meta(6)},
+        root,
+    )  # fmt: skip
+    assert got == {
+        "usr/lib/z": meta(2),  # shipped under its real name: wins
+        "usr/lib/y": meta(3),
+        "usr/bin/sh": meta(4),
+        "gone/w": meta(5),  # no such directory: kept as named
+        "top": meta(6),
+    }

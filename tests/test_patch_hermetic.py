@@ -8,10 +8,7 @@ and `dpkg-query --admindir` over a rootfs umoci unpacked.
 
 from __future__ import annotations
 
-import datetime
-import io
 import json
-import math
 import os
 import pwd
 import shutil
@@ -27,6 +24,7 @@ import pytest
 
 from tests import hermetic as h
 from tests.archive import trivy_report
+from tests.mtimes import check_layer_times, expected_layer_time
 from tests.plugins.aptrepo import scratch_dir
 from tests.plugins.images import skopeo, umoci_unpack
 from tools.aptrepo import DEFAULT_EPOCH, AptRepo, RepoServer, Signer, build_deb, build_repo
@@ -442,7 +440,6 @@ def test_apt_pinning_is_honoured(env: Env) -> None:
 
 # --- times of the patch layer (issue #9) -------------------------------------------------------
 
-OLD_DEFAULT = 946684800  # 2000-01-01, what every entry used to get
 TIMES = {"ocp-lib": "2.0", "ocp-zstd": "2.0", "ocp-conf": "2.0"}
 
 
@@ -454,48 +451,9 @@ def served_debs(env: Env, versions: dict[str, str]) -> list[Path]:
     ]
 
 
-def deb_payload(deb: Path) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
-    """path -> (header, content) of a .deb's data.tar, read with dpkg-deb, not ocipatch."""
-    raw = subprocess.run(
-        ["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True
-    ).stdout
-    out: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
-        for m in tf.getmembers():
-            f = tf.extractfile(m) if m.isreg() else None
-            out[m.name.removeprefix("./").rstrip("/")] = (m, f.read() if f is not None else b"")
-    return out
-
-
-def image_created(env: Env) -> int:
+def image_created(env: Env) -> str:
     config = json.loads(skopeo("inspect", "--config", "--tls-verify=false", f"docker://{env.ref}"))
-    when = datetime.datetime.fromisoformat(config["created"].replace("Z", "+00:00"))
-    return math.ceil(when.timestamp())
-
-
-def check_times(p: Pulled, debs: list[Path], layer_time: int) -> dict[str, int]:
-    """Every entry that is a package's file or symlink (same content or target as in its .deb;
-    a kept conffile's .dpkg-dist too) has the .deb's header time, clamped to layer_time; every
-    other entry (directories, what dpkg and scripts wrote, whiteouts) has layer_time; none the
-    old fixed date. Returns path -> mtime of the package entries."""
-    shipped: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
-    for deb in debs:
-        shipped.update(deb_payload(deb))
-    from_packages = {}
-    for name, m in sorted(p.patch_layer.items()):
-        assert m.mtime != OLD_DEFAULT, name
-        own = shipped.get(name) or shipped.get(name.removesuffix(".dpkg-dist"))
-        same = own is not None and (
-            (m.isreg() and own[0].isreg() and p.content(name) == own[1])
-            or (m.issym() and own[0].issym() and m.linkname == own[0].linkname)
-        )
-        if same:
-            assert own is not None
-            assert m.mtime == min(int(own[0].mtime), layer_time), name
-            from_packages[name] = m.mtime
-        else:
-            assert m.mtime == layer_time, (name, m.mtime, layer_time)
-    return from_packages
+    return str(config["created"])
 
 
 def test_patch_layer_times(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -505,8 +463,7 @@ def test_patch_layer_times(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     root and nobody; the result cache tells SOURCE_DATE_EPOCH values apart."""
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     debs = served_debs(env, TIMES)
-    newest = max(int(m.mtime) for deb in debs for m, _ in deb_payload(deb).values())
-    layer_time = max(newest, image_created(env))
+    layer_time = expected_layer_time(debs, image_created(env))
     assert layer_time == h.BUILT["ocp-zstd"]  # the fixture's newest package, after `created`
     report = env.report("times", TIMES)
     cache = env.work / "cache-times"
@@ -514,7 +471,7 @@ def test_patch_layer_times(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     out = patched(env, "-i", env.ref, "-r", str(report), "-t", "times", cache=cache)
     assert set(updated(out)) == set(TIMES)
     p = pull(env, "times", "times")
-    dated = check_times(p, debs, layer_time)
+    dated = check_layer_times(p.tar, debs, layer_time)
     assert dated[h.TOOL.lstrip("/")] == dated[h.LIB.lstrip("/")] == h.V2_BUILT
     assert dated[h.ZTOOL.lstrip("/")] == h.BUILT["ocp-zstd"]
     assert dated[h.CONF.lstrip("/") + ".dpkg-dist"] == h.V2_BUILT
@@ -531,7 +488,7 @@ def test_patch_layer_times(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(updated(out)) == set(more)
     r = pull(env, "times-more", "times-more")
     check_one_patch_layer(env, r)
-    dated = check_times(r, debs + served_debs(env, more), layer_time)
+    dated = check_layer_times(r.tar, debs + served_debs(env, more), layer_time)
     assert dated[h.TOOL.lstrip("/")] == h.V2_BUILT
     assert dated[h.ZTOOL.lstrip("/")] == h.BUILT["ocp-zstd"]
     assert dated[h.NEWDEP_MARKER.lstrip("/")] == DEFAULT_EPOCH
@@ -543,7 +500,7 @@ def test_patch_layer_times(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     out = patched(env, "-i", env.ref, "-r", str(report), "-t", "times-sde", cache=cache)
     assert not any("reused" in n for n in out["notes"]), out["notes"]
     q = pull(env, "times-sde", "times-sde")
-    dated = check_times(q, debs, sde)
+    dated = check_layer_times(q.tar, debs, sde)
     assert dated[h.TOOL.lstrip("/")] == h.V2_BUILT and dated[h.ZTOOL.lstrip("/")] == sde
     assert q.layers[-1] != p.layers[-1]
 
@@ -566,6 +523,6 @@ def test_patch_layer_times(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     )  # fmt: skip
     assert set(updated(direct)) == set(TIMES)
     d = pull(env, "times-none", "times-none")
-    dated = check_times(d, debs, layer_time)
+    dated = check_layer_times(d.tar, debs, layer_time)
     assert dated[h.TOOL.lstrip("/")] == h.V2_BUILT
     assert dated[h.ZTOOL.lstrip("/")] == h.BUILT["ocp-zstd"]

@@ -23,6 +23,8 @@ from debian.arfile import ArError, ArFile
 from debian.debfile import DebError, DebFile
 
 from ocipatch.errors import IntegrityError
+from ocipatch.fs import rootpath
+from ocipatch.fs import whiteout as wh
 from ocipatch.fs.changes import Change
 from ocipatch.fs.merged import MergedView
 
@@ -179,7 +181,7 @@ def with_package_metadata(
     (directories, what scripts and dpkg wrote) has no time of its own: the layer time
     (docs/design.md). The disk's times are only compared, never written.
     """
-    meta = deb_file_meta(debs, memo)
+    meta = by_real_path(deb_file_meta(debs, memo), rootfs)
     overrides = read_statoverride(rootfs)
     out = []
     for c in changes:
@@ -193,6 +195,27 @@ def with_package_metadata(
             own = _replayed_time(c, replayed)
         out.append(replace(c, mtime=own))
     return out
+
+
+def by_real_path(meta: Mapping[str, FileMeta], rootfs: Path) -> dict[str, FileMeta]:
+    """meta keyed by where each path is in the tree, parents resolved inside it as dpkg and
+    debinstall write: in a merged-/usr image (lib -> usr/lib) a package's lib/x.so is
+    usr/lib/x.so. A path shipped under its real name wins over one that lands there."""
+    tree = rootpath.DiskTree(rootfs)
+    parents: dict[str, str | None] = {"": ""}
+    moved: dict[str, FileMeta] = {}
+    out: dict[str, FileMeta] = {}
+    for path, m in meta.items():
+        parent, base = wh.split(path)
+        if parent not in parents:
+            try:
+                parents[parent] = rootpath.resolve(tree, parent, need_dir=True)
+            except rootpath.RootPathError:
+                parents[parent] = None
+        real_parent = parents[parent]
+        real = path if real_parent is None else wh.join(real_parent, base)
+        (out if real == path else moved)[real] = m
+    return moved | out
 
 
 def newest_time(changes: list[Change], debs: list[Path], memo: DebMetaMemo | None = None) -> int:
