@@ -27,6 +27,7 @@ from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requ
 from ocipatch.distro.debmeta import (
     DebMetaMemo,
     newest_time,
+    packaged_paths,
     replayed_meta,
     with_package_metadata,
 )
@@ -37,7 +38,7 @@ from ocipatch.distro.fetchahead import FetchAhead
 from ocipatch.errors import UnsupportedError, UsageError
 from ocipatch.fs.changes import Change, diff
 from ocipatch.fs.layertime import LayerClock
-from ocipatch.fs.layerwriter import write_layer
+from ocipatch.fs.layerwriter import WRITER_FORMAT, write_layer
 from ocipatch.fs.merged import MergedView
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.image import Image
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 LABEL_BASE_LAYERS = "dev.ocipatch.base.layers"
 LABEL_BASE_DIGEST = "dev.ocipatch.base.digest"
+LABEL_WRITER = "dev.ocipatch.writer"  # the WRITER_FORMAT of the patch layer
 HISTORY_PREFIX = "ocipatch patch"
 
 
@@ -140,6 +142,13 @@ def base_layer_count(image: Image) -> int:
         ):
             return n
     return len(image.layers)
+
+
+def _package_dated(image: Image) -> bool:
+    """Whether ocipatch's top layer dates package files by their .debs (writer format 3 on)."""
+    labels = (image.config.get("config") or {}).get("Labels") or {}
+    raw = str(labels.get(LABEL_WRITER, ""))
+    return raw.isdigit() and int(raw) >= 3
 
 
 def requirements_from(
@@ -366,7 +375,10 @@ def _patch(
 
     progress.step("Writing the patch layer")
     changes = diff(snap, rootfs, exclude, ownership=own)
-    replayed = replayed_meta(view, keep)  # a re-patch: the previous patch layer's times
+    replayed = {}
+    if keep < len(image.layers) and _package_dated(image):
+        # A re-patch: the previous patch layer's package files keep the times it gave them.
+        replayed = replayed_meta(view, keep, packaged_paths(rootfs))
     changes = with_package_metadata(changes, rootfs, outcome.debs, memo, replayed=replayed)
     result.notes += _conffile_notes(changes)
     mtime = clock.time(newest_time(changes, outcome.debs, memo))
@@ -505,7 +517,11 @@ def _assemble(
         "created_by": f"{HISTORY_PREFIX}: {summary}" + (" …" if len(updated) > 20 else ""),
         "comment": "ocipatch",
     }
-    labels = {LABEL_BASE_LAYERS: str(keep), LABEL_BASE_DIGEST: _original_digest(image, keep)}
+    labels = {
+        LABEL_BASE_LAYERS: str(keep),
+        LABEL_BASE_DIGEST: _original_digest(image, keep),
+        LABEL_WRITER: str(WRITER_FORMAT),
+    }
     return append_layer(
         image, desc, diff_id, ctx.cache, history=history, labels=labels, keep_layers=keep
     )

@@ -19,6 +19,7 @@ from ocipatch.distro.debmeta import (
     by_real_path,
     newest_mtime,
     newest_time,
+    packaged_paths,
     replayed_meta,
     with_package_metadata,
 )
@@ -228,8 +229,15 @@ def test_repatch_keeps_the_previous_patch_layers_times(tmp_path: Path) -> None:
     (root / "etc/made").write_text("by the script again, now")  # this run rewrites it
     changes = diff(snap, root, ownership=own)
     view = MergedView([base, previous])
-    replayed = replayed_meta(view, 1)
-    assert set(replayed) == {"usr/lib/a.so", "usr/lib/b.so", "usr/lib/b-link", "etc/made"}
+    (root / "var/lib/dpkg/info").mkdir(parents=True)
+    (root / "var/lib/dpkg/info/ocp-a.list").write_text(
+        "/.\n/usr\n/usr/lib\n/usr/lib/a.so\n/usr/lib/b.so\n/usr/lib/b-link\n"
+    )
+    packaged = packaged_paths(root)
+    assert packaged == {"usr", "usr/lib", "usr/lib/a.so", "usr/lib/b.so", "usr/lib/b-link"}
+    # Only package files: etc/made, a script's, gets the new layer time even if left alone.
+    replayed = replayed_meta(view, 1, packaged)
+    assert set(replayed) == {"usr/lib/a.so", "usr/lib/b.so", "usr/lib/b-link"}
     dated = {c.path: c.mtime for c in with_package_metadata(changes, root, [], replayed=replayed)}
     assert dated == {
         "usr/lib/a.so": NEW,
@@ -239,7 +247,7 @@ def test_repatch_keeps_the_previous_patch_layers_times(tmp_path: Path) -> None:
     }
     dated_changes = with_package_metadata(changes, root, [], replayed=replayed)
     assert newest_time(dated_changes, []) == NEW
-    assert replayed_meta(view, 2) == {}, "no previous patch layer: nothing replayed"
+    assert replayed_meta(view, 2, packaged) == {}, "no previous patch layer: nothing replayed"
 
 
 def test_merged_usr_paths_are_found_where_dpkg_put_them(tmp_path: Path) -> None:
@@ -278,3 +286,23 @@ def test_merged_usr_paths_are_found_where_dpkg_put_them(tmp_path: Path) -> None:
         "gone/w": meta(5),  # no such directory: kept as named
         "top": meta(6),
     }
+
+
+def test_packaged_paths_dpkg_and_distroless(tmp_path: Path) -> None:
+    """The files the package database lists, where they are (merged-/usr resolved)."""
+    root = tmp_path / "root"
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "var/lib/dpkg/info").mkdir(parents=True)
+    (root / "var/lib/dpkg/info/libc6:amd64.list").write_text("/.\n/lib\n/lib/libc.so.6\n")
+    (root / "var/lib/dpkg/status.d").mkdir()
+    (root / "var/lib/dpkg/status.d/tzdata.md5sums").write_text(
+        "0123  usr/share/zoneinfo/UTC\n4567  usr/share/doc/with space\n"
+    )
+    assert packaged_paths(root) == {
+        "lib",
+        "usr/lib/libc.so.6",
+        "usr/share/zoneinfo/UTC",
+        "usr/share/doc/with space",
+    }
+    assert packaged_paths(tmp_path / "empty") == set()

@@ -13,7 +13,7 @@ import io
 import os
 import tarfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Container, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -201,11 +201,22 @@ def by_real_path(meta: Mapping[str, FileMeta], rootfs: Path) -> dict[str, FileMe
     """meta keyed by where each path is in the tree, parents resolved inside it as dpkg and
     debinstall write: in a merged-/usr image (lib -> usr/lib) a package's lib/x.so is
     usr/lib/x.so. A path shipped under its real name wins over one that lands there."""
-    tree = rootpath.DiskTree(rootfs)
-    parents: dict[str, str | None] = {"": ""}
+    real_path = _resolver(rootfs)
     moved: dict[str, FileMeta] = {}
     out: dict[str, FileMeta] = {}
     for path, m in meta.items():
+        real = real_path(path)
+        (out if real == path else moved)[real] = m
+    return moved | out
+
+
+def _resolver(rootfs: Path) -> Callable[[str], str]:
+    """path -> where it is in the tree (parents resolved, the name kept; a parent that is no
+    directory there leaves the path as named)."""
+    tree = rootpath.DiskTree(rootfs)
+    parents: dict[str, str | None] = {"": ""}
+
+    def real_path(path: str) -> str:
         parent, base = wh.split(path)
         if parent not in parents:
             try:
@@ -213,9 +224,25 @@ def by_real_path(meta: Mapping[str, FileMeta], rootfs: Path) -> dict[str, FileMe
             except rootpath.RootPathError:
                 parents[parent] = None
         real_parent = parents[parent]
-        real = path if real_parent is None else wh.join(real_parent, base)
-        (out if real == path else moved)[real] = m
-    return moved | out
+        return path if real_parent is None else wh.join(real_parent, base)
+
+    return real_path
+
+
+def packaged_paths(rootfs: Path) -> set[str]:
+    """Where the files the package database lists are in the tree: dpkg's info/*.list, or a
+    distroless image's status.d/*.md5sums."""
+    listed: set[str] = set()
+    info, status_d = rootfs / "var/lib/dpkg/info", rootfs / "var/lib/dpkg/status.d"
+    for lst in sorted(info.glob("*.list")) if info.is_dir() else []:
+        listed.update(ln.strip() for ln in lst.read_text(errors="replace").splitlines())
+    for md5 in sorted(status_d.glob("*.md5sums")) if status_d.is_dir() else []:
+        for ln in md5.read_text(errors="replace").splitlines():
+            parts = ln.split(None, 1)
+            listed.update(parts[1:])
+    real_path = _resolver(rootfs)
+    names = (wh.normalize(p) for p in listed)
+    return {real_path(n) for n in names if n}
 
 
 def newest_time(changes: list[Change], debs: list[Path], memo: DebMetaMemo | None = None) -> int:
@@ -225,14 +252,17 @@ def newest_time(changes: list[Change], debs: list[Path], memo: DebMetaMemo | Non
     return max(newest_mtime(debs, memo), *own, 0)
 
 
-def replayed_meta(view: MergedView, first_replayed: int) -> dict[str, FileMeta]:
-    """Files and symlinks the layers from index first_replayed up (a previous patch layer that
-    a re-patch replays) put in the merged tree, with the times their headers give them."""
+def replayed_meta(
+    view: MergedView, first_replayed: int, packaged: Container[str]
+) -> dict[str, FileMeta]:
+    """The package files (packaged: see packaged_paths) that the layers from index
+    first_replayed up (a previous patch layer that a re-patch replays) put in the merged tree,
+    with the times their headers give them: a package's, if ocipatch dated that layer."""
     out: dict[str, FileMeta] = {}
-    if first_replayed >= len(view.layers):
-        return out
-    for e in view.walk():
+    for e in view.walk() if first_replayed < len(view.layers) else ():
         if e.layer < first_replayed or e.type not in ("file", "hardlink", "symlink"):
+            continue
+        if e.path not in packaged:
             continue
         kind = "symlink" if e.type == "symlink" else "file"
         out[e.path] = FileMeta(e.uid, e.gid, e.mode, e.mtime, kind, e.size, e.linkname)
