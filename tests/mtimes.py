@@ -44,15 +44,16 @@ def expected_layer_time(debs: list[Path], created: str | None) -> int:
     return max(newest, rfc3339_up(created) if created else 0)
 
 
-def top_symlinks(base_layer: Path) -> dict[str, str]:
-    """Top-level directory symlinks of a layer blob as prefixes, e.g. {"lib/": "usr/lib/"} in a
+def top_symlinks(*layers: Path) -> dict[str, str]:
+    """Top-level directory symlinks in layer blobs as prefixes, e.g. {"lib/": "usr/lib/"} in a
     merged-/usr image: where dpkg puts what a package ships under /lib."""
     out: dict[str, str] = {}
-    with tarfile.open(base_layer) as t:
-        for m in t:
-            name = m.name.removeprefix("./").rstrip("/")
-            if m.issym() and "/" not in name and not m.linkname.startswith("/"):
-                out[f"{name}/"] = m.linkname.strip("/") + "/"
+    for layer in layers:
+        with tarfile.open(layer) as t:
+            for m in t:
+                name = m.name.removeprefix("./").rstrip("/")
+                if m.issym() and "/" not in name:
+                    out[f"{name}/"] = m.linkname.strip("/") + "/"
     return out
 
 
