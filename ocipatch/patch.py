@@ -26,6 +26,7 @@ from ocipatch.distro.apt import AptConfig, AptRunner
 from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requirement
 from ocipatch.distro.debmeta import (
     DebMetaMemo,
+    FileMeta,
     newest_time,
     packaged_paths,
     replayed_meta,
@@ -38,7 +39,7 @@ from ocipatch.distro.fetchahead import FetchAhead
 from ocipatch.errors import UnsupportedError, UsageError
 from ocipatch.fs.changes import Change, diff
 from ocipatch.fs.layertime import LayerClock
-from ocipatch.fs.layerwriter import WRITER_FORMAT, write_layer
+from ocipatch.fs.layerwriter import PACKAGE_DATED_SINCE, WRITER_FORMAT, write_layer
 from ocipatch.fs.merged import MergedView
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.image import Image
@@ -145,10 +146,10 @@ def base_layer_count(image: Image) -> int:
 
 
 def _package_dated(image: Image) -> bool:
-    """Whether ocipatch's top layer dates package files by their .debs (writer format 3 on)."""
+    """Whether ocipatch's top layer dated package files by their .debs (its writer's label)."""
     labels = (image.config.get("config") or {}).get("Labels") or {}
     raw = str(labels.get(LABEL_WRITER, ""))
-    return raw.isdigit() and int(raw) >= 3
+    return raw.isdigit() and int(raw) >= PACKAGE_DATED_SINCE
 
 
 def requirements_from(
@@ -267,7 +268,7 @@ def _patch(
             ignore_errors=opts.ignore_errors,
             mirrors=opts.repo_mirrors,
             cache_dir=ctx.cache.work_dir("repos"),
-            times=clock.key(),
+            times={**clock.key(), "replayed_dated": int(_package_dated(image))},
         )
         ahead = FetchAhead(
             None if opts.sandbox == "none" else ctx.cache.work_dir("apt") / "debs", memo
@@ -375,7 +376,7 @@ def _patch(
 
     progress.step("Writing the patch layer")
     changes = diff(snap, rootfs, exclude, ownership=own)
-    replayed = {}
+    replayed: dict[str, FileMeta] = {}
     if keep < len(image.layers) and _package_dated(image):
         # A re-patch: the previous patch layer's package files keep the times it gave them.
         replayed = replayed_meta(view, keep, packaged_paths(rootfs))

@@ -18,15 +18,19 @@ Payload = dict[str, tuple[tarfile.TarInfo, bytes]]
 
 
 def deb_payload(deb: Path) -> Payload:
-    """path -> (header, content) of a .deb's data.tar."""
+    """path -> (header, content) of a .deb's data.tar; a hard link as its target."""
     raw = subprocess.run(
         ["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True
     ).stdout
     out: Payload = {}
     with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
         for m in tf.getmembers():
+            name = m.name.removeprefix("./").rstrip("/")
+            if m.islnk():
+                out[name] = out[m.linkname.removeprefix("./")]
+                continue
             f = tf.extractfile(m) if m.isreg() else None
-            out[m.name.removeprefix("./").rstrip("/")] = (m, f.read() if f is not None else b"")
+            out[name] = (m, f.read() if f is not None else b"")
     return out
 
 

@@ -220,6 +220,7 @@ def test_repatch_keeps_the_previous_patch_layers_times(tmp_path: Path) -> None:
             M("usr/lib/b.so", data=b"b2", mtime=OLD),
             M("usr/lib/b-link", tarfile.SYMTYPE, mode=0o777, linkname="b.so", mtime=OLD),
             M("etc/made", data=b"by a script", mtime=NEW),
+            M("etc/x.conf.dpkg-dist", data=b"new default", mtime=OLD),  # a kept conffile's
         )
     )
     root = tmp_path / "root"
@@ -231,18 +232,23 @@ def test_repatch_keeps_the_previous_patch_layers_times(tmp_path: Path) -> None:
     view = MergedView([base, previous])
     (root / "var/lib/dpkg/info").mkdir(parents=True)
     (root / "var/lib/dpkg/info/ocp-a.list").write_text(
-        "/.\n/usr\n/usr/lib\n/usr/lib/a.so\n/usr/lib/b.so\n/usr/lib/b-link\n"
+        "/.\n/usr\n/usr/lib\n/usr/lib/a.so\n/usr/lib/b-link\n/usr/lib/b.so\n/etc/x.conf\n"
     )
     packaged = packaged_paths(root)
-    assert packaged == {"usr", "usr/lib", "usr/lib/a.so", "usr/lib/b.so", "usr/lib/b-link"}
+    assert packaged == {
+        "usr", "usr/lib", "usr/lib/a.so", "usr/lib/b.so", "usr/lib/b-link", "etc/x.conf"
+    }  # fmt: skip
     # Only package files: etc/made, a script's, gets the new layer time even if left alone.
     replayed = replayed_meta(view, 1, packaged)
-    assert set(replayed) == {"usr/lib/a.so", "usr/lib/b.so", "usr/lib/b-link"}
+    assert set(replayed) == {
+        "usr/lib/a.so", "usr/lib/b.so", "usr/lib/b-link", "etc/x.conf.dpkg-dist"
+    }  # fmt: skip
     dated = {c.path: c.mtime for c in with_package_metadata(changes, root, [], replayed=replayed)}
     assert dated == {
         "usr/lib/a.so": NEW,
         "usr/lib/b.so": OLD,
         "usr/lib/b-link": OLD,
+        "etc/x.conf.dpkg-dist": OLD,
         "etc/made": None,
     }
     dated_changes = with_package_metadata(changes, root, [], replayed=replayed)

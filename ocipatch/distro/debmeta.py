@@ -262,8 +262,8 @@ def replayed_meta(
     for e in view.walk() if first_replayed < len(view.layers) else ():
         if e.layer < first_replayed or e.type not in ("file", "hardlink", "symlink"):
             continue
-        if e.path not in packaged:
-            continue
+        if e.path not in packaged and e.path.removesuffix(_DPKG_DIST) not in packaged:
+            continue  # what scripts or dpkg made (a kept conffile's .dpkg-dist is a package's)
         kind = "symlink" if e.type == "symlink" else "file"
         out[e.path] = FileMeta(e.uid, e.gid, e.mode, e.mtime, kind, e.size, e.linkname)
     return out

@@ -40,6 +40,7 @@ from ocipatch.fs.compress import compressor
 # 3: package files keep their data.tar mtimes, the rest get the layer time instead of
 # 2000-01-01), so a result cached by an older writer is not taken for what this one writes.
 WRITER_FORMAT = 3
+PACKAGE_DATED_SINCE = 3  # the first format whose package files carry their .debs' times
 
 _TYPES = {
     "file": tarfile.REGTYPE,
