@@ -3,10 +3,11 @@ bound of the rest (see docs/design.md, "Deterministic output").
 
 - `SOURCE_DATE_EPOCH` when set (the reproducible-builds convention: a package file newer than it
   is clamped to it, an older one keeps its time);
-- otherwise the newest mtime in the installed packages' data.tar headers, or the source image's
-  `created` if that is later: derived only from the inputs (never the wall clock, the machine or
-  the thread count), and not older than the base layers, whose files an image build dates no
-  later than `created`. 0 when neither is known.
+- otherwise the newest mtime in the installed packages' data.tar headers (and among the times a
+  re-patch keeps from the previous patch layer), or the source image's `created` if that is
+  later: derived only from the inputs (never the wall clock, the machine or the thread count),
+  and not older than the base layers, whose files an image build dates no later than
+  `created`. 0 when neither is known.
 """
 
 from __future__ import annotations
