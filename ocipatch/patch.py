@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,14 @@ from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
 from ocipatch.distro.apt import AptConfig, AptRunner
 from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requirement
-from ocipatch.distro.debmeta import DebMetaMemo, deb_file_meta, read_statoverride
+from ocipatch.distro.debmeta import (
+    DebMetaMemo,
+    FileMeta,
+    newest_time,
+    packaged_paths,
+    replayed_meta,
+    with_package_metadata,
+)
 from ocipatch.distro.detect import OsRelease, read_os_release
 from ocipatch.distro.dpkg import DpkgPatcher, exclude
 from ocipatch.distro.dpkgdirect import DirectConfig, DpkgDirectPatcher
@@ -32,7 +39,8 @@ from ocipatch.distro.fetchahead import FetchAhead
 from ocipatch.distro.versions import Comparator, comparator
 from ocipatch.errors import UnsupportedError, UsageError
 from ocipatch.fs.changes import Change, diff
-from ocipatch.fs.layerwriter import write_layer
+from ocipatch.fs.layertime import LayerClock
+from ocipatch.fs.layerwriter import PACKAGE_DATED_SINCE, WRITER_FORMAT, write_layer
 from ocipatch.fs.merged import MergedView
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.convert import for_destination
@@ -60,6 +68,7 @@ log = logging.getLogger(__name__)
 
 LABEL_BASE_LAYERS = identity.BASE_LAYERS_LABEL
 LABEL_BASE_DIGEST = identity.BASE_DIGEST_LABEL
+LABEL_WRITER = "dev.ocipatch.writer"  # the WRITER_FORMAT of the patch layer
 HISTORY_PREFIX = "ocipatch patch"
 
 
@@ -170,6 +179,13 @@ def base_layer_count(image: Image) -> int:
         ):
             return n
     return len(image.layers)
+
+
+def _package_dated(image: Image) -> bool:
+    """Whether ocipatch's top layer dated package files by their .debs (its writer's label)."""
+    labels = (image.config.get("config") or {}).get("Labels") or {}
+    raw = str(labels.get(LABEL_WRITER, ""))
+    return raw.isdigit() and int(raw) >= PACKAGE_DATED_SINCE
 
 
 def requirements_from(
@@ -292,6 +308,7 @@ def _patch(
     report: UpdateManifest | None,
 ) -> PatchResult:
     source_digest = image.index.digest if image.index is not None else image.digest
+    clock = LayerClock.of(image.config)  # a malformed SOURCE_DATE_EPOCH fails here, early
     view = MergedView(image.layers, ctx.cache.work_dir("index"))
     keep = base_layer_count(image)
     unpacked: Unpacked | None = None
@@ -361,6 +378,7 @@ def _patch(
             ignore_errors=opts.ignore_errors,
             mirrors=opts.repo_mirrors,
             cache_dir=ctx.cache.work_dir("repos"),
+            times={**clock.key(), "replayed_dated": int(_package_dated(image))},
         )
         ahead = FetchAhead(
             None if opts.sandbox == "none" else ctx.cache.work_dir("apt") / "debs", memo
@@ -475,9 +493,14 @@ def _patch(
 
     progress.step("Writing the patch layer")
     changes = diff(snap, rootfs, exclude, ownership=own)
-    changes = _with_package_ownership(changes, rootfs, outcome.debs, memo)
+    replayed: dict[str, FileMeta] = {}
+    if keep < len(image.layers) and _package_dated(image):
+        # A re-patch: the previous patch layer's package files keep the times it gave them.
+        replayed = replayed_meta(view, keep, packaged_paths(rootfs))
+    changes = with_package_metadata(changes, rootfs, outcome.debs, memo, replayed=replayed)
     result.notes += _conffile_notes(changes)
-    layer = _write_patch_layer(ctx, changes, opts.compression)
+    mtime = clock.time(newest_time(changes, outcome.debs, memo))
+    layer = _write_patch_layer(ctx, changes, opts.compression, mtime)
     new_image = _assemble(ctx, image, keep, layer, opts.compression, result.updated, dest_ref)
     result.layer_size = layer[2]
     progress.step(f"Writing {dest_ref}")
@@ -492,24 +515,6 @@ def _patch(
         results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
 
     return _finish(opts, result, osr, image, new_image, dest_ref, versions, started, progress)
-
-
-def _with_package_ownership(
-    changes: list[Change], rootfs: Path, debs: list[Path], memo: DebMetaMemo
-) -> list[Change]:
-    """Owners and modes from the installed .debs (then statoverride), not from the disk of an
-    unprivileged sandbox."""
-    meta = deb_file_meta(debs, memo)
-    meta.update(read_statoverride(rootfs))
-    out = []
-    for c in changes:
-        m = meta.get(c.path)
-        if m is not None and c.type in ("file", "dir"):
-            c = replace(c, uid=m.uid, gid=m.gid, mode=m.mode)
-        elif m is not None and c.type == "symlink":
-            c = replace(c, uid=m.uid, gid=m.gid)
-        out.append(c)
-    return out
 
 
 def _conffile_notes(changes: list[Change]) -> list[str]:
@@ -678,14 +683,14 @@ def _finish(
 
 
 def _write_patch_layer(
-    ctx: Context, changes: list[Change], compression: str
+    ctx: Context, changes: list[Change], compression: str, mtime: int
 ) -> tuple[str, str, int]:
-    """Write the layer into the blob cache; (digest, diff_id, size)."""
+    """Write the layer into the blob cache, dated by the layer time; (digest, diff_id, size)."""
     tmp_dir = ctx.cache.work_dir("tmp")
     fd, name = runs.mkstemp(tmp_dir)
     try:
         with ctx.cache.room(), os.fdopen(fd, "wb") as out:
-            info = write_layer(changes, out, compression)
+            info = write_layer(changes, out, compression, clamp_mtime=mtime)
         ctx.cache.put_file(info.digest, Path(name))
     finally:
         Path(name).unlink(missing_ok=True)  # put_file moved it, or the layer was not written
@@ -710,7 +715,11 @@ def _assemble(
         "created_by": f"{HISTORY_PREFIX}: {summary}" + (" …" if len(updated) > 20 else ""),
         "comment": "ocipatch",
     }
-    labels = {LABEL_BASE_LAYERS: str(keep), LABEL_BASE_DIGEST: _original_digest(image, keep)}
+    labels = {
+        LABEL_BASE_LAYERS: str(keep),
+        LABEL_BASE_DIGEST: _original_digest(image, keep),
+        LABEL_WRITER: str(WRITER_FORMAT),
+    }
     appended = append_layer(
         image, desc, diff_id, ctx.cache, history=history, labels=labels, keep_layers=keep
     )

@@ -3,8 +3,9 @@
 The key is everything the patch layer depends on: the base layers (and a previous patch layer),
 the exact set of package versions the repositories' signed indices select today (planned in
 pure Python by ocipatch.repos, from the image's own apt sources and keyrings, read through the
-merged layers without unpacking), the report's requirements, the apply mode and ocipatch's
-version. The same key means the same inputs, so the stored layer is what a new run would write;
+merged layers without unpacking), the report's requirements, the apply mode, the layer time's
+other inputs (SOURCE_DATE_EPOCH, the image's `created`) and ocipatch's version and writer
+format. The same key means the same inputs, so the stored layer is what a new run would write;
 a new package version in the archive changes the plan, so the key. Entries are a layer blob in
 the blob cache plus a small JSON file, written atomically.
 """
@@ -82,6 +83,7 @@ def plan_key(
     ignore_errors: bool,
     mirrors: list[tuple[str, str]],
     cache_dir: Path,
+    times: dict[str, int | None] | None = None,
     on_plan: OnPlan | None = None,
 ) -> str | None:
     """The result key, or None when the plan cannot be computed here (then nothing is cached).
@@ -112,6 +114,7 @@ def plan_key(
         "mode": mode,
         "compression": compression,
         "writer": WRITER_FORMAT,
+        "times": times or {},  # the layer time's inputs besides the packages (layertime.py)
         "ignore_errors": ignore_errors,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()

@@ -5,7 +5,7 @@ packages' first versions installed, built with ocipatch's own code.
 The test image is the real Debian 12 minbase image plus ONE layer made the way ocipatch makes
 its patch layer: unpack, snapshot, `dpkg -i` in the bwrap sandbox, point apt at the loopback
 repository only (debian.sources removed), `apt-mark hold`, edit a conffile, diff, owners and
-modes from the .debs, write the layer, append it, write an OCI layout.
+modes and times from the .debs, write the layer, append it, write an OCI layout.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
-from ocipatch.distro.debmeta import deb_file_meta
+from ocipatch.distro.debmeta import newest_mtime, with_package_metadata
 from ocipatch.distro.dpkg import exclude
-from ocipatch.fs.changes import Change, diff, snapshot
+from ocipatch.fs.changes import diff, snapshot
 from ocipatch.fs.layerwriter import write_layer
 from ocipatch.fs.unpack import unpack
 from ocipatch.oci import mediatypes as mt
@@ -32,7 +31,7 @@ from ocipatch.oci.transport import open_image, write_image
 from ocipatch.oci.types import Descriptor
 from ocipatch.sandbox.base import RunSpec
 from ocipatch.sandbox.select import select_sandbox
-from tools.aptrepo import AptRepo, DebFile, DebSpec, RepoServer
+from tools.aptrepo import DEFAULT_EPOCH, AptRepo, DebFile, DebSpec, RepoServer
 
 SHADOW_GID = 42  # Debian's fixed gid of group shadow
 TOOL = "/usr/bin/ocp-tool"
@@ -46,6 +45,17 @@ NEWDEP_MARKER = "/usr/share/ocp-newdep/marker"
 HELD = "ocp-held"
 # Where the test image's .debs are bound inside the sandbox: a tree the patch layer excludes.
 _DEBS_INSIDE = "/var/cache/ocipatch/hermetic-debs"
+
+
+# When the packages were built (their data.tar mtimes, dpkg-deb's SOURCE_DATE_EPOCH): the 1.0s
+# with the image (DEFAULT_EPOCH, also its `created`), the newer versions later and not all at
+# once, so that a patch layer's times tell the packages apart.
+V2_BUILT = 1_710_000_000
+BUILT = {"ocp-zstd": 1_720_000_000}
+
+
+def built_at(spec: DebSpec) -> int:
+    return DEFAULT_EPOCH if spec.version == "1.0" else BUILT.get(spec.name, V2_BUILT)
 
 
 def _lib(version: str) -> DebSpec:
@@ -146,18 +156,6 @@ def _sandbox_run(rootfs: Path, argv: list[str], binds: Sequence[tuple[Path, str,
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}")
 
 
-def _with_deb_owners(changes: list[Change], debs: Sequence[Path]) -> list[Change]:
-    """The sandbox fakes chown: owners and modes come from the packages, as in a patch."""
-    meta = deb_file_meta(list(debs))
-    out = []
-    for c in changes:
-        m = meta.get(c.path)
-        if m is not None and c.type in ("file", "dir"):
-            c = replace(c, uid=m.uid, gid=m.gid, mode=m.mode)
-        out.append(c)
-    return out
-
-
 def build_test_image(
     base_layout: Path,
     base_tag: str,
@@ -195,10 +193,11 @@ def build_test_image(
     for path, text in edits.items():
         (rootfs / path.lstrip("/")).write_text(text)
 
-    changes = _with_deb_owners(diff(snap, rootfs, exclude, ownership=own), debs)
+    # The sandbox fakes chown: owners, modes and times come from the packages, as in a patch.
+    changes = with_package_metadata(diff(snap, rootfs, exclude, ownership=own), rootfs, [*debs])
     fd, tmp = tempfile.mkstemp(dir=work, prefix="layer-")
     with os.fdopen(fd, "wb") as fh:
-        info = write_layer(changes, fh, "gzip")
+        info = write_layer(changes, fh, "gzip", clamp_mtime=newest_mtime([*debs]))
     cache.put_file(info.digest, Path(tmp))
     desc = Descriptor(mt.layer_media_type("gzip", image.is_docker), info.digest, info.size)
     history = {"created_by": "dpkg -i ocp-* (tests/hermetic.py)", "comment": "test packages"}

@@ -48,6 +48,7 @@ from ocipatch.oci.types import Platform
 from ocipatch.progress import Progress
 from ocipatch.sandbox.select import select_sandbox
 from tests.archive import trivy_report
+from tests.mtimes import check_layer_times, expected_layer_time, top_symlinks
 from tests.plugins.aptrepo import scratch_dir
 from tests.plugins.images import skopeo, trivy_packages, umoci_unpack
 from tools.aptrepo import DebFile, DebSpec
@@ -466,12 +467,14 @@ def check_image(
         assert not os.path.lexists(rootfs / banned), banned
     sd = rootfs / STATUS_D
     cache_debs = env["cache"] / "apt" / "debs"
+    debs = []
     for name, version in expect.items():
         (deb,) = [
             p
             for a in (arch, "all")
             if (p := cache_debs / deb_file_name(name, version, a)).is_file()
         ]
+        debs.append(deb)
         assert (sd / name).read_bytes() == _control(deb, "control"), f"status.d/{name}"
         assert (sd / f"{name}.md5sums").read_bytes() == _control(deb, "md5sums")
         with _deb_tar(deb) as tar:
@@ -485,6 +488,15 @@ def check_image(
                 if path in layer:
                     lm = layer[path]
                     assert (lm.uid, lm.gid, lm.mode) == (m.uid, m.gid, m.mode), path
+    # Times: package files keep their .deb's, status.d and the rest get the layer time.
+    blobs = layout / "blobs/sha256"
+    config = json.loads(skopeo("inspect", "--config", f"oci:{layout}:p"))
+    check_layer_times(
+        blobs / info["Layers"][-1].split(":")[1],
+        debs,
+        expected_layer_time(debs, config.get("created")),
+        top_symlinks(*(blobs / d.split(":")[1] for d in base_layers)),
+    )
     return rootfs
 
 

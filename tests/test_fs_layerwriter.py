@@ -19,7 +19,7 @@ import zstandard
 from ocipatch.errors import UsageError
 from ocipatch.fs.changes import Change, diff, snapshot
 from ocipatch.fs.compress import compressor, open_decompressed
-from ocipatch.fs.layerwriter import DEFAULT_MTIME_CLAMP, LayerInfo, write_layer
+from ocipatch.fs.layerwriter import LayerInfo, write_layer
 from ocipatch.fs.merged import MergedView
 from ocipatch.fs.unpack import unpack
 from tests.test_fs_merged import (
@@ -161,7 +161,7 @@ def test_written_headers(tmp_path: Path) -> None:
 def test_gnu_tar_reads_recorded_owners(tmp_path: Path, compression: str) -> None:
     path = tmp_path / f"layer.tar.{compression}"
     with path.open("wb") as out:
-        write_layer(_changes(tmp_path), out, compression)
+        write_layer(_changes(tmp_path), out, compression, clamp_mtime=1_800_000_000)
     if compression == "zstd" and shutil.which("zstd") is None:
         plain = tmp_path / "layer.tar"
         with path.open("rb") as f:
@@ -170,10 +170,11 @@ def test_gnu_tar_reads_recorded_owners(tmp_path: Path, compression: str) -> None
     else:
         flag = ["--zstd"] if compression == "zstd" else ["-z"]
     listing = subprocess.run(
-        ["tar", "--numeric-owner", *flag, "-tvf", str(path)],
+        ["tar", "--numeric-owner", "--full-time", *flag, "-tvf", str(path)],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "TZ": "UTC"},
     ).stdout
     lines = {
         line.split()[-1]: line
@@ -182,21 +183,74 @@ def test_gnu_tar_reads_recorded_owners(tmp_path: Path, compression: str) -> None
     }
     assert lines["usr/bin/tool"].split()[:2] == ["-rwxr-sr-x", "0/42"]
     assert lines["usr/local/share/"].split()[:2] == ["drwxr-sr-x", "0/42"]
-    assert "1999-12-31" in lines["usr/share/big"] or "2000-01-01" in lines["usr/share/big"]
-    assert DEFAULT_MTIME_CLAMP == 946684800
+    assert "2027-01-15 08:00:00" in lines["usr/share/big"]  # 1_800_000_000: clamped
+    assert "2023-11-14 22:13:20" in lines["usr/bin/tool"]  # MTIME: its own
 
 
-def test_clamp_from_source_date_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000")
+def _times(changes: list[Change], clamp: int) -> dict[str, int]:
     buf = io.BytesIO()
-    write_layer([Change.file("a", b"x", mtime=MTIME)], buf, "none")
+    write_layer(changes, buf, "none", clamp_mtime=clamp)
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
-        assert tf.getmember("a").mtime == 1000
+        return {m.name: m.mtime for m in tf.getmembers()}
+
+
+def test_time_rule_own_times_kept_or_clamped_the_rest_get_the_layer_time() -> None:
+    """One rule: an entry's own time if not newer than the layer time, else the layer time; an
+    entry without a time (what scripts wrote, directories), whiteouts and opaque markers: the
+    layer time. Nothing falls back to 0 or to a fixed date."""
+    t = 1_750_000_000
+    got = _times(
+        [
+            Change.dir("usr"),  # no time of its own
+            Change.file("usr/old", b"o", mtime=MTIME),  # a package's, older: kept
+            Change.file("usr/future", b"f", mtime=t + 10),  # newer than the layer time: clamped
+            Change.file("usr/same", b"s", mtime=t),
+            Change.symlink("usr/link", "old", mtime=MTIME),
+            Change.symlink("usr/made", "old"),  # made by a script
+            Change.file("etc/made", b"generated"),  # made by a script
+            Change.hardlink("usr/old2", "usr/old"),  # its target's time
+            Change.hardlink("usr/below", "bin/sh"),  # target below this layer: the layer time
+            Change.delete("var/gone"),
+            Change.opaque("opt/app"),
+            Change("dev/null", "char", 0o666, devmajor=1, devminor=3),
+        ],
+        t,
+    )
+    assert got == {
+        "dev/null": t,
+        "etc/made": t,
+        "opt/app/.wh..wh..opq": t,
+        "usr": t,
+        "usr/below": t,
+        "usr/future": t,
+        "usr/link": MTIME,
+        "usr/made": t,
+        "usr/old": MTIME,
+        "usr/old2": MTIME,
+        "usr/same": t,
+        "var/.wh.gone": t,
+    }
+
+
+def test_time_rule_follows_the_layer_time_only() -> None:
+    """The layer time is the writer's only clock: two layer times give two layers, the same one
+    the same bytes; negative times are 0."""
+    changes = [Change.file("a", b"x"), Change.file("b", b"y", mtime=MTIME)]
+    assert _times(changes, 1000) == {"a": 1000, "b": 1000}
+    assert _times(changes, 2_000_000_000) == {"a": 2_000_000_000, "b": MTIME}
+    assert _times([Change.file("a", b"x", mtime=-5)], 10) == {"a": 0}
+    assert _times(changes, -1) == {"a": 0, "b": 0}
+    one, two = io.BytesIO(), io.BytesIO()
+    write_layer(changes, one, "gzip", clamp_mtime=1000)
+    write_layer(changes, two, "gzip", clamp_mtime=1000)
+    assert one.getvalue() == two.getvalue()
 
 
 def test_write_layer_refuses_duplicates() -> None:
     with pytest.raises(ValueError, match="two changes"):
-        write_layer([Change.file("a", b"1"), Change.file("/a", b"2")], io.BytesIO(), "none")
+        write_layer(
+            [Change.file("a", b"1"), Change.file("/a", b"2")], io.BytesIO(), "none", clamp_mtime=0
+        )
     with pytest.raises(ValueError, match="reserved"):
         Change.file("a/.wh.b", b"")
 
@@ -302,7 +356,7 @@ def test_roundtrip_unpack_modify_diff_write_apply(tmp_path: Path) -> None:
     changes = diff(snap, root, _exclude)
     blob = tmp_path / "patch.tar.zst"
     with blob.open("wb") as out:
-        info = write_layer(changes, out, "zstd")
+        info = write_layer(changes, out, "zstd", clamp_mtime=1_800_000_000)
     assert isinstance(info, LayerInfo) and info.size == blob.stat().st_size
 
     patch = MemLayer(blob.read_bytes(), "zstd")
@@ -346,7 +400,7 @@ def test_roundtrip_unpack_modify_diff_write_apply(tmp_path: Path) -> None:
     assert e is not None and e.type == "hardlink"
     # Same inputs, same layer.
     again = io.BytesIO()
-    assert write_layer(diff(snap, root, _exclude), again, "zstd") == info
+    assert write_layer(diff(snap, root, _exclude), again, "zstd", clamp_mtime=1_800_000_000) == info
 
 
 def test_diff_new_files_owned_by_root_and_privileged(tmp_path: Path) -> None:
@@ -376,7 +430,10 @@ def test_diff_new_files_owned_by_root_and_privileged(tmp_path: Path) -> None:
 def test_hardlink_change_written_before_use() -> None:
     buf = io.BytesIO()
     write_layer(
-        [Change.hardlink("a/z-link", "b/target"), Change.file("b/target", b"T")], buf, "none"
+        [Change.hardlink("a/z-link", "b/target"), Change.file("b/target", b"T")],
+        buf,
+        "none",
+        clamp_mtime=MTIME,
     )
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
         assert tf.getnames() == ["b/target", "a/z-link"]  # the target first, whatever the sort

@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 
 from tests.archive import pending_updates, trivy_report
+from tests.mtimes import check_layer_times, expected_layer_time, top_symlinks
 from tests.plugins.images import skopeo, trivy_packages, umoci_unpack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +152,23 @@ def check_patched(
     return info
 
 
+def check_times(layout: Path, info: dict[str, Any], cache: Path, *runs: dict[str, Any]) -> None:
+    """The patch layer's times against the .debs the runs installed (apt's archive in the
+    cache, read with dpkg-deb): package files keep their .deb's time, the rest the layer time."""
+    archive = cache / "apt" / "debs"
+    debs = [
+        next(archive.glob(f"{u['name']}_{u['to'].replace(':', '%3a')}_*.deb"))
+        for out in runs
+        for u in out["updated"]
+    ]
+    config = json.loads(skopeo("inspect", "--config", f"oci:{layout}:p"))
+    layer_time = expected_layer_time(debs, config.get("created"))
+    blobs = layout / "blobs" / "sha256"
+    aliases = top_symlinks(blobs / info["Layers"][0].split(":")[1])  # merged-/usr: lib -> usr/lib
+    dated = check_layer_times(blobs / info["Layers"][-1].split(":")[1], debs, layer_time, aliases)
+    assert any(n.endswith(".so.3") for n in dated), "libssl3's libraries keep their .deb's time"
+
+
 def test_patch_then_repatch(image: dict[str, Any], work: Path) -> None:
     cache = work / "cache-root"
     first = write_report(work / "first.json", image, FIRST)
@@ -168,9 +186,10 @@ def test_patch_then_repatch(image: dict[str, Any], work: Path) -> None:
         out["vulnerabilities_fixed"]
     )
     assert out["image"]["digest"] in doc["statements"][0]["products"][0]["@id"]
-    check_patched(
+    info = check_patched(
         image, out["image"]["reference"], {n: image["needed"][n] for n in FIRST}, work / "check1"
     )
+    check_times(work / "check1" / "layout", info, cache, out)
 
     # Patch the patched image with the whole report: still one patch layer, now with all fixes.
     full = write_report(work / "full.json", image, None)
@@ -182,7 +201,8 @@ def test_patch_then_repatch(image: dict[str, Any], work: Path) -> None:
                        "--cache-dir", str(cache))  # fmt: skip
     assert again["status"] == "patched"
     assert again["image"]["reference"] == out["image"]["reference"]
-    check_patched(image, again["image"]["reference"], image["needed"], work / "check2")
+    info = check_patched(image, again["image"]["reference"], image["needed"], work / "check2")
+    check_times(work / "check2" / "layout", info, cache, out, again)
 
     # The same patch again is up to date: exit 0, nothing new written.
     same = patch_json("-i", again["image"]["reference"], "-r", str(full), "-t", "12-same",

@@ -24,9 +24,10 @@ import pytest
 
 from tests import hermetic as h
 from tests.archive import trivy_report
+from tests.mtimes import check_layer_times, expected_layer_time
 from tests.plugins.aptrepo import scratch_dir
 from tests.plugins.images import skopeo, umoci_unpack
-from tools.aptrepo import AptRepo, RepoServer, Signer, build_deb, build_repo
+from tools.aptrepo import DEFAULT_EPOCH, AptRepo, RepoServer, Signer, build_deb, build_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 OCIPATCH = ROOT / ".venv" / "bin" / "ocipatch"
@@ -63,8 +64,11 @@ def env(debian_layout: Path, registry: Any, apt_signer: Signer) -> Iterator[Env]
     work = Path(tempfile.mkdtemp(prefix="ocipatch-hermetic-", dir=scratch_dir()))
     work.chmod(0o777)
     v1 = [build_deb(s, work / "v1") for s in h.image_specs()]
-    good = [build_deb(s, work / "v2") for s in h.repo_specs()]
-    bad = [build_deb(s, work / "v2bad") for s in h.repo_specs(bad_postinst=True)]
+    good = [build_deb(s, work / "v2", source_date_epoch=h.built_at(s)) for s in h.repo_specs()]
+    bad = [
+        build_deb(s, work / "v2bad", source_date_epoch=h.built_at(s))
+        for s in h.repo_specs(bad_postinst=True)
+    ]
     repo = build_repo(work / "repo-good", good, signer=apt_signer)
     build_repo(work / "repo-bad", bad, signer=apt_signer)  # same suite and key, other packages
     server = RepoServer(repo.root).start()
@@ -432,3 +436,93 @@ def test_apt_pinning_is_honoured(env: Env) -> None:
     report = env.report("pinned-other", {"ocp-dep": "2.0"})
     out = patched(env, "-i", ref, "-r", str(report), "-t", "pinned-other")
     assert updated(out) == {"ocp-dep": ("1.0", "2.0"), "ocp-newdep": ("", "1.0")}
+
+
+# --- times of the patch layer (issue #9) -------------------------------------------------------
+
+TIMES = {"ocp-lib": "2.0", "ocp-zstd": "2.0", "ocp-conf": "2.0"}
+
+
+def served_debs(env: Env, versions: dict[str, str]) -> list[Path]:
+    """The .debs the repository serves for name -> version (what the patch installs)."""
+    return [
+        next((env.server.root / "pool").rglob(f"{name}_{version}_*.deb"))
+        for name, version in versions.items()
+    ]
+
+
+def image_created(env: Env) -> str:
+    config = json.loads(skopeo("inspect", "--config", "--tls-verify=false", f"docker://{env.ref}"))
+    return str(config["created"])
+
+
+def test_patch_layer_times(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Package files keep their .deb's mtime, everything else gets one layer time: the newest
+    package mtime or the image's `created` (the later), or SOURCE_DATE_EPOCH when set (package
+    files newer than it clamped to it). The same for apt in the sandbox and --sandbox none, for
+    root and nobody; the result cache tells SOURCE_DATE_EPOCH values apart."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    debs = served_debs(env, TIMES)
+    layer_time = expected_layer_time(debs, image_created(env))
+    assert layer_time == h.BUILT["ocp-zstd"]  # the fixture's newest package, after `created`
+    report = env.report("times", TIMES)
+    cache = env.work / "cache-times"
+
+    out = patched(env, "-i", env.ref, "-r", str(report), "-t", "times", cache=cache)
+    assert set(updated(out)) == set(TIMES)
+    p = pull(env, "times", "times")
+    dated = check_layer_times(p.tar, debs, layer_time)
+    assert dated[h.TOOL.lstrip("/")] == dated[h.LIB.lstrip("/")] == h.V2_BUILT
+    assert dated[h.ZTOOL.lstrip("/")] == h.BUILT["ocp-zstd"]
+    assert dated[h.CONF.lstrip("/") + ".dpkg-dist"] == h.V2_BUILT
+    assert p.member("/var/lib/dpkg/status").mtime == layer_time
+    assert p.member("/var/lib/dpkg/info/ocp-lib.md5sums").mtime == layer_time
+
+    # Re-patched (the previous patch layer replayed, one layer again): what the first patch
+    # installed and this one left alone keeps its package's time.
+    more = {"ocp-dep": "2.0", "ocp-newdep": "1.0"}
+    out = patched(
+        env, "-i", env.dest("times"), "-r", str(env.report("times-more", {"ocp-dep": "2.0"})),
+        "-t", "times-more", cache=cache,
+    )  # fmt: skip
+    assert set(updated(out)) == set(more)
+    r = pull(env, "times-more", "times-more")
+    check_one_patch_layer(env, r)
+    dated = check_layer_times(r.tar, debs + served_debs(env, more), layer_time)
+    assert dated[h.TOOL.lstrip("/")] == h.V2_BUILT
+    assert dated[h.ZTOOL.lstrip("/")] == h.BUILT["ocp-zstd"]
+    assert dated[h.NEWDEP_MARKER.lstrip("/")] == DEFAULT_EPOCH
+
+    # SOURCE_DATE_EPOCH between the two build times: ocp-lib's files keep theirs, ocp-zstd's
+    # and the rest get it. Same cache: the earlier layer must not be taken for this one.
+    sde = (h.V2_BUILT + h.BUILT["ocp-zstd"]) // 2
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(sde))
+    out = patched(env, "-i", env.ref, "-r", str(report), "-t", "times-sde", cache=cache)
+    assert not any("reused" in n for n in out["notes"]), out["notes"]
+    q = pull(env, "times-sde", "times-sde")
+    dated = check_layer_times(q.tar, debs, sde)
+    assert dated[h.TOOL.lstrip("/")] == h.V2_BUILT and dated[h.ZTOOL.lstrip("/")] == sde
+    assert q.layers[-1] != p.layers[-1]
+
+    # Again, as nobody with its own cache: the very same layer.
+    again = patched(
+        env, "-i", env.ref, "-r", str(report), "-t", "times-sde2",
+        cache=env.work / "cache-times-nobody", user="nobody",
+    )  # fmt: skip
+    assert not any("reused" in n for n in again["notes"])
+    theirs = json.loads(
+        skopeo("inspect", "--tls-verify=false", f"docker://{env.dest('times-sde2')}")
+    )
+    assert theirs["Layers"][-1] == q.layers[-1], "same input, same layer digest"
+
+    # --sandbox none installs with ocipatch's own unpacker: the same times.
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    direct = patched(
+        env, "-i", env.ref, "-r", str(report), "-t", "times-none", "--sandbox", "none",
+        cache=env.work / "cache-times-none",
+    )  # fmt: skip
+    assert set(updated(direct)) == set(TIMES)
+    d = pull(env, "times-none", "times-none")
+    dated = check_layer_times(d.tar, debs, layer_time)
+    assert dated[h.TOOL.lstrip("/")] == h.V2_BUILT
+    assert dated[h.ZTOOL.lstrip("/")] == h.BUILT["ocp-zstd"]

@@ -30,6 +30,7 @@ import pytest
 
 from tests import hermetic as h
 from tests.archive import pending_updates, trivy_report
+from tests.mtimes import check_layer_times, expected_layer_time, top_symlinks
 from tests.plugins.aptrepo import UNPRIVILEGED_UID, scratch_dir
 from tests.plugins.images import skopeo, trivy_packages
 from tests.test_airgap import deb_headers
@@ -345,3 +346,13 @@ def test_sandbox_none(debian_two_layer_layout: Path, registry: Any, env: Env) ->
             checked += 1
     assert checked > 100
     assert os.stat(env.work / "cache-none").st_uid == UNPRIVILEGED_UID  # really rootless
+    # Times: the packages' own (from their .debs), the layer time for the rest.
+    blobs = layout / "blobs/sha256"
+    config = json.loads(skopeo("inspect", "--config", f"oci:{layout}:p"))
+    dated = check_layer_times(
+        blobs / layers[-1].split(":")[1],
+        debs,
+        expected_layer_time(debs, config.get("created")),
+        top_symlinks(*(blobs / d.split(":")[1] for d in layers[:-1])),
+    )
+    assert len(dated) > 100

@@ -58,7 +58,11 @@ def build(layout: Path, work: Path, size_mb: int) -> None:
         out = work / f"layer{i}"
         with out.open("wb") as f:
             info = write_layer(
-                [Change.dir("data"), Change.dir(f"data/layer{i}"), *files], f, comp, level=1
+                [Change.dir("data"), Change.dir(f"data/layer{i}"), *files],
+                f,
+                comp,
+                clamp_mtime=0,
+                level=1,
             )
         for c in files:
             assert isinstance(c.source, Path)
@@ -82,6 +86,7 @@ def build(layout: Path, work: Path, size_mb: int) -> None:
             ],
             f,
             "gzip",
+            clamp_mtime=0,
         )
     desc = Descriptor(mt.OCI_LAYER_GZIP, info.digest, info.size)
     dest.put_blob(desc, lambda: top.open("rb"))

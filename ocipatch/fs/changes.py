@@ -37,7 +37,9 @@ class Change:
     'opaque' (the directory path hides everything the layers below put in it). For 'file',
     source is the content: a Path read when the layer is written (never followed if a symlink),
     bytes, or None for empty. linkname is a symlink's target as stored, or a hardlink's target
-    path (relative to the root, written before it in the same layer or present below).
+    path (relative to the root, written before it in the same layer or present below). mtime
+    is the entry's own time (a package file's data.tar date) or None: the layer time then
+    (ocipatch.fs.layerwriter).
     """
 
     path: str
@@ -45,7 +47,7 @@ class Change:
     mode: int = 0o644
     uid: int = 0
     gid: int = 0
-    mtime: int = 0
+    mtime: int | None = None
     linkname: str = ""
     source: Path | bytes | None = None
     xattrs: Mapping[str, bytes] = field(default_factory=dict, hash=False)
@@ -73,20 +75,20 @@ class Change:
         mode: int = 0o644,
         uid: int = 0,
         gid: int = 0,
-        mtime: int = 0,
+        mtime: int | None = None,
         xattrs: Mapping[str, bytes] | None = None,
     ) -> Change:
         return cls(path, "file", mode, uid, gid, mtime, source=source, xattrs=xattrs or {})
 
     @classmethod
     def dir(
-        cls, path: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0, mtime: int = 0
+        cls, path: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0, mtime: int | None = None
     ) -> Change:
         return cls(path, "dir", mode, uid, gid, mtime)
 
     @classmethod
     def symlink(
-        cls, path: str, target: str, *, uid: int = 0, gid: int = 0, mtime: int = 0
+        cls, path: str, target: str, *, uid: int = 0, gid: int = 0, mtime: int | None = None
     ) -> Change:
         return cls(path, "symlink", 0o777, uid, gid, mtime, linkname=target)
 
@@ -290,7 +292,8 @@ def diff(
     per child. exclude(path) -> True leaves path and its subtree out on both sides. ownership
     (default: the snapshot's copy) gives the intended owners of the tree after the run; pass the
     map the sandbox updated if it recorded owners of new files. Files sharing an inode among the
-    added ones are written once and hard-linked.
+    added ones are written once and hard-linked. Changes carry the disk's mtimes, which a
+    package manager's run sets to "now": a patch dates them itself (debmeta.with_package_metadata).
     """
     own = ownership if ownership is not None else snap.ownership
     after = _scan(root, exclude)

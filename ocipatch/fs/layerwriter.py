@@ -7,13 +7,12 @@ The same changes give the same bytes, so the same digest:
   long or non-ASCII names, big ids, xattrs), no global header, no atime/ctime records;
 - headers carry the recorded uid/gid/mode of each change, never the disk's owner; uname and
   gname are empty (numeric ids only, as runtimes use);
-- mtime policy: each entry keeps its mtime, clamped to `clamp_mtime` (default
-  $SOURCE_DATE_EPOCH if set, else DEFAULT_MTIME_CLAMP). Files a package manager writes "now"
-  (its status database, caches) so get the same, fixed time in every run; with the default
-  clamp, in practice every entry gets it. Pass your own clamp (e.g. the newest build date of the
-  installed packages) to keep the payloads' own mtimes (a .py keeping the mtime its .pyc
-  records avoids a stale-bytecode recompile at run time);
-- whiteouts are empty regular files, mode 0, owner 0:0, mtime 0;
+- one time rule, with `clamp_mtime` the layer time (a patch's comes from ocipatch.fs.layertime):
+  an entry with a time of its own keeps it, clamped to the layer time if newer; an entry with
+  none (Change.mtime None), whiteouts and opaque markers get the layer time. A patch gives its
+  own time only to a package's file or symlink (its data.tar date): what maintainer scripts and
+  dpkg wrote and the directories all get the layer time, never the run's clock;
+- whiteouts are empty regular files, mode 0, owner 0:0;
 - a hardlink comes after its target even if its name sorts first, and its header repeats the
   target's mode, owner and mtime (as GNU tar and Docker write them);
 - gzip without file name and with mtime 0, zstd single-threaded (ocipatch.fs.compress).
@@ -37,12 +36,12 @@ from typing import BinaryIO, cast
 from ocipatch.fs.changes import Change, sort_changes
 from ocipatch.fs.compress import compressor
 
-# Bumped whenever the same changes would be written as other bytes (2: parallel gzip blocks), so
-# a result cached by an older writer is not taken for what this one writes.
-WRITER_FORMAT = 2
+# Bumped whenever the same changes would be written as other bytes (2: parallel gzip blocks;
+# 3: package files keep their data.tar mtimes, the rest get the layer time instead of
+# 2000-01-01), so a result cached by an older writer is not taken for what this one writes.
+WRITER_FORMAT = 3
+PACKAGE_DATED_SINCE = 3  # the first format whose package files carry their .debs' times
 
-# 2000-01-01T00:00:00Z. Files of a patch are younger, so by default they all get this time.
-DEFAULT_MTIME_CLAMP = 946684800
 _TYPES = {
     "file": tarfile.REGTYPE,
     "dir": tarfile.DIRTYPE,
@@ -85,26 +84,20 @@ class _HashingWriter:
         return "sha256:" + self.hash.hexdigest()
 
 
-def default_clamp() -> int:
-    env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if env.isdigit():
-        return int(env)
-    return DEFAULT_MTIME_CLAMP
-
-
 def write_layer(
     changes: Iterable[Change],
     out: BinaryIO,
     compression: str = "gzip",
     *,
+    clamp_mtime: int,
     level: int | None = None,
-    clamp_mtime: int | None = None,
 ) -> LayerInfo:
     """Write changes as one layer blob to out; return its digest, diff_id and size.
 
-    out is left open. A change whose tar name repeats another's raises ValueError.
+    clamp_mtime is the layer time: the mtime of entries without one, the upper bound of the
+    rest. out is left open. A change whose tar name repeats another's raises ValueError.
     """
-    clamp = default_clamp() if clamp_mtime is None else clamp_mtime
+    clamp = max(0, clamp_mtime)
     ordered = sort_changes(list(changes))
     seen: set[str] = set()
     for c in ordered:
@@ -163,13 +156,13 @@ def _header(c: Change, clamp: int) -> tarfile.TarInfo:
         ti.type = tarfile.REGTYPE
         ti.mode = 0
         ti.uid = ti.gid = 0
-        ti.mtime = 0
+        ti.mtime = clamp
         return ti
     ti.type = _TYPES[c.type]
     ti.mode = c.mode & 0o7777
     ti.uid = c.uid
     ti.gid = c.gid
-    ti.mtime = max(0, min(int(c.mtime), clamp))
+    ti.mtime = clamp if c.mtime is None else max(0, min(int(c.mtime), clamp))
     if c.type in ("symlink", "hardlink"):
         ti.linkname = c.linkname
     if c.type in ("char", "block"):
