@@ -619,21 +619,32 @@ def triggers_file(pkgs: Sequence[BuiltApk]) -> bytes:
 Part = Literal["signature", "control", "data", "index"]
 
 
-def flip_byte(path: Path, part: Part = "data", offset: int = -40) -> bytes:
-    """Flip one byte inside one gzip stream of an .apk / APKINDEX.tar.gz (in place).
+def flip_byte(
+    path: Path, part: Part = "data", offset: int | None = None, *, raw: bool = False
+) -> bytes:
+    """Flip one byte of one stream of an .apk / APKINDEX.tar.gz in place; returns the original.
 
-    Flipping inside the compressed payload breaks that stream's checksum or signature while
-    keeping the file a sequence of gzip streams. Returns the original bytes.
+    By default the byte is flipped in the *uncompressed* stream and the stream recompressed, so
+    the file stays well-formed gzip and tar while its checksum, datahash or signature no longer
+    match. `offset` defaults to the last non-zero byte (usually in the last member's content: a
+    data file, a script or .PKGINFO, the signature, the APKINDEX text). `raw=True` flips a byte
+    of the compressed stream instead (a corrupt gzip stream).
     """
     original = path.read_bytes()
     streams = split_streams(original)
     which = {"signature": 0, "control": 1, "data": 2, "index": 1}[part]
+    if part == "index" and len(streams) == 1:
+        which = 0  # unsigned index
     if which >= len(streams):
         raise ApkRepoError(f"{path} has no {part} stream")
-    s = bytearray(streams[which])
-    pos = offset if offset >= 0 else len(s) - 8 + offset  # stay before the gzip trailer
-    s[pos] ^= 0x01
-    streams[which] = bytes(s)
+    if raw:
+        s = bytearray(streams[which])
+        s[len(s) - 12 if offset is None else offset] ^= 0x01  # before the gzip trailer
+        streams[which] = bytes(s)
+    else:
+        s = bytearray(gzip.decompress(streams[which]))
+        s[len(bytes(s).rstrip(b"\0")) - 1 if offset is None else offset] ^= 0x01
+        streams[which] = gz(bytes(s))
     path.write_bytes(b"".join(streams))
     return original
 
