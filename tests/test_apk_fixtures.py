@@ -111,13 +111,20 @@ def openssl_verify(pubkey: Path, algo: str, signature: bytes, payload: bytes, tm
     return proc.returncode == 0 and "Verified OK" in proc.stdout
 
 
+def signatures_of(data: bytes) -> list[tuple[str, str, bytes]]:
+    """(algo for openssl, key file name, signature) of each member of the first stream."""
+    first = gzip_streams(data)[0]
+    out = []
+    for name, sig in tar_files(first).items():
+        m = re.fullmatch(r"\.SIGN\.(RSA|RSA256)\.(.+\.rsa\.pub)", name)
+        assert m, name
+        out.append(("sha1" if m.group(1) == "RSA" else "sha256", m.group(2), sig))
+    return out
+
+
 def signature_of(data: bytes) -> tuple[str, str, bytes]:
-    """(algo for openssl, key file name, signature) from the first stream of an apk/index."""
-    (member,) = tar_members(gzip_streams(data)[0])
-    m = re.fullmatch(r"\.SIGN\.(RSA|RSA256)\.(.+\.rsa\.pub)", member.name)
-    assert m, member.name
-    sig = tar_files(gzip_streams(data)[0])[member.name]
-    return ("sha1" if m.group(1) == "RSA" else "sha256"), m.group(2), sig
+    (only,) = signatures_of(data)
+    return only
 
 
 def unpack(img: ApkImage, dest: Path) -> Path:
@@ -173,7 +180,10 @@ def test_wolfi_image_is_usr_merged_with_an_apko_db(apk_image: MakeImage, tmp_pat
     for b in blocks:
         assert b[0][0] == "P"  # apko writes P first
         assert ("i", "[]") in b and ("U", "") in b and any(k == "k" for k, _ in b)
-    assert (root / "etc/apk/keys/wolfi-signing.rsa.pub").is_file()
+    assert [k.name for k in (root / "etc/apk/keys").iterdir()] == ["wolfi-signing.rsa.pub"]
+    # the key file belongs to a package (wolfi-keys), as in Wolfi
+    owners = [field(b, "P") for b in blocks if ("R", "wolfi-signing.rsa.pub") in b]
+    assert owners == ["wolfi-keys"]
 
 
 def test_multilayer_image_whiteout_and_upper_db(apk_image: MakeImage, tmp_path: Path):
@@ -265,17 +275,25 @@ def test_scripts_tar_names_the_installed_checksums(apk_image: MakeImage, tmp_pat
 # --- repository ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("repo", "algo"), [("alpine/v3.20/main", "sha1"), ("wolfi/os", "sha256")])
+@pytest.mark.parametrize(
+    ("repo", "algo", "signers"),
+    [
+        ("alpine/v3.20/main", "sha1", 1),
+        ("wolfi/os", "sha256", 2),  # like Wolfi: one signature by a key the image lacks
+    ],
+)
 def test_index_and_packages_verify_with_openssl(
-    repo: str, algo: str, apk_repo_server: RepoServer, tmp_path: Path
+    repo: str, algo: str, signers: int, apk_repo_server: RepoServer, tmp_path: Path
 ):
     arch_dir = apk_repo_server.root / repo / "x86_64"
     keys = apk_repo_server.root / "keys"
     data = (arch_dir / "APKINDEX.tar.gz").read_bytes()
-    got_algo, key_name, sig = signature_of(data)
-    assert got_algo == algo
+    sigs = signatures_of(data)
+    assert len(sigs) == signers
     index_stream = gzip_streams(data)[1]
-    assert openssl_verify(keys / key_name, algo, sig, index_stream, tmp_path)
+    for got_algo, key_name, sig in sigs:
+        assert got_algo == algo
+        assert openssl_verify(keys / key_name, algo, sig, index_stream, tmp_path)
     assert list(tar_files(index_stream)) == ["DESCRIPTION", "APKINDEX"]
     for block in apkindex(arch_dir / "APKINDEX.tar.gz"):
         apk = arch_dir / f"{field(block, 'P')}-{field(block, 'V')}.apk"

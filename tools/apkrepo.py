@@ -534,13 +534,16 @@ def build_repo(
     *,
     arch: str = "x86_64",
     algo: SigAlgo = "RSA",
+    index_algo: SigAlgo | None = None,
+    package_key: ApkKey | None = None,
     description: str = "ocipatch test repository",
 ) -> ApkRepo:
-    """Build every spec (signed with the first key) and a signed index (with every key)."""
+    """Build every spec and a signed index. The index carries one signature per key (a client
+    needs to trust any one); packages are signed by `package_key` (default: the first key)."""
     arch_dir = root / rel / arch
-    first = keys[0] if keys else None
-    pkgs = [build_apk(s, arch_dir, first, algo=algo) for s in specs]
-    index = build_index(arch_dir, pkgs, keys, description=description, algo=algo)
+    signer = package_key or (keys[0] if keys else None)
+    pkgs = [build_apk(s, arch_dir, signer, algo=algo) for s in specs]
+    index = build_index(arch_dir, pkgs, keys, description=description, algo=index_algo or algo)
     return ApkRepo(root, rel, arch, pkgs, list(keys), index)
 
 
@@ -689,14 +692,42 @@ def serve(root: Path) -> Iterator[RepoServer]:
         yield server
 
 
+def _parse_file(arg: str) -> ApkFile:
+    # PATH[:MODE[:UID[:GID[:CONTENT]]]], as tools/aptrepo.py
+    path, *rest = arg.split(":", 4)
+    mode = int(rest[0], 8) if len(rest) > 0 and rest[0] else None
+    uid = int(rest[1]) if len(rest) > 1 and rest[1] else 0
+    gid = int(rest[2]) if len(rest) > 2 and rest[2] else 0
+    content = rest[3].replace("\\n", "\n") if len(rest) > 3 else ""
+    return ApkFile(path, content, mode=mode, uid=uid, gid=gid)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="inspect or serve a test apk repository tree")
+    p = argparse.ArgumentParser(description="build, inspect or serve test apk packages")
     sub = p.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("pkg", help="build one signed .apk (key derived from --key-seed)")
+    k.add_argument("--name", required=True)
+    k.add_argument("--version", required=True, help="<ver>-r<N>")
+    k.add_argument("--arch", default="x86_64")
+    k.add_argument("--depend", action="append", default=[])
+    k.add_argument("--provide", action="append", default=[])
+    k.add_argument("--file", action="append", default=[], help="PATH[:MODE[:UID[:GID[:TEXT]]]]")
+    k.add_argument("--key-name", default="ocipatch-test")
+    k.add_argument("--key-seed", default="ocipatch-test")
+    k.add_argument("--sha256", action="store_true", help="sign .SIGN.RSA256. (default SHA-1)")
+    k.add_argument("--out", type=Path, default=Path("."))
     s = sub.add_parser("serve", help="serve a directory on loopback until interrupted")
     s.add_argument("dir", type=Path)
     i = sub.add_parser("index", help="print the APKINDEX text of an APKINDEX.tar.gz")
     i.add_argument("file", type=Path)
     a = p.parse_args(argv)
+    if a.cmd == "pkg":
+        key = ApkKey.from_seed(a.key_name, a.key_seed)
+        spec = ApkSpec(a.name, a.version, arch=a.arch, depends=a.depend, provides=a.provide,
+                       files=[_parse_file(f) for f in a.file])  # fmt: skip
+        built = build_apk(spec, a.out, key, algo="RSA256" if a.sha256 else "RSA")
+        print(built.path, built.checksum, key.write_public(a.out))
+        return 0
     if a.cmd == "index":
         streams = split_streams(a.file.read_bytes())
         sys.stdout.write(read_tar(streams[-1])["APKINDEX"].decode())

@@ -366,6 +366,12 @@ def wolfi_key() -> ApkKey:
     return ApkKey.from_seed(WOLFI_KEY, "wolfi")
 
 
+def other_key() -> ApkKey:
+    """A key no image trusts (a second signer of the Wolfi index)."""
+    name = "chainguard-" + hashlib.sha256(b"ocipatch-extra").hexdigest()
+    return ApkKey.from_seed(name, "chainguard-extra")
+
+
 def _with_key_file(specs: list[ApkSpec], key: ApkKey) -> list[ApkSpec]:
     for s in specs:
         s.files = [
@@ -383,10 +389,15 @@ def build_repos(root: Path, bb: Busybox) -> ApkRepos:
         arch=ARCH, algo="RSA", description="v3.20.3-0-gocipatch",
     )  # fmt: skip
     wolfi_all = _with_key_file(wolfi_specs(bb, 1), wkey) + wolfi_specs(bb, 2)
-    wolfi = build_repo(root, WOLFI_REPO, wolfi_all, [wkey], arch=ARCH, algo="RSA256",
-                       description="")  # fmt: skip
+    # Like Wolfi's index: several signatures, only one by a key the images trust; packages
+    # signed with SHA-1 (as melange's hello-wolfi sample), the index with SHA-256.
+    extra = other_key()
+    wolfi = build_repo(
+        root, WOLFI_REPO, wolfi_all, [extra, wkey], package_key=wkey, arch=ARCH,
+        algo="RSA", index_algo="RSA256", description="",
+    )  # fmt: skip
     keys = root / "keys"
-    for k in (akey, wkey):
+    for k in (akey, wkey, extra):
         k.write_public(keys)
         k.write_private(keys)
     return ApkRepos(root, alpine, wolfi, keys)
@@ -670,7 +681,12 @@ class ApkImage:
     report: Path
 
     def mirror_arg(self, url: str) -> str:
+        """`--repo-mirror` value mapping the image's fake base URL to `url` (a served root)."""
         return f"{MIRROR_BASE}={url.rstrip('/')}"
+
+    def file_mirror_arg(self) -> str:
+        """The same, to the repository tree as a file:// URL."""
+        return self.mirror_arg(self.repo_root.resolve().as_uri())
 
 
 def _cache_key(deb: Path) -> str:
