@@ -46,6 +46,7 @@ DB_PATH = {
     "alpine-multilayer": "lib/apk/db/installed",
     "wolfi": "usr/lib/apk/db/installed",
     "static": "lib/apk/db/installed",
+    "alpine-static": "lib/apk/db/installed",
 }
 MakeImage = Callable[..., ApkImage]
 
@@ -165,9 +166,12 @@ def test_alpine_image_runs_busybox_and_has_the_apk_files(apk_image: MakeImage, t
     ]  # fmt: skip
 
 
-def test_static_image_has_no_shell_and_no_apk(apk_image: MakeImage, tmp_path: Path):
-    root = unpack(apk_image("static"), tmp_path / "u")
-    assert "ID=chainguard" in (root / "etc/os-release").read_text()
+@pytest.mark.parametrize(("kind", "os_id"), [("static", "chainguard"), ("alpine-static", "alpine")])
+def test_static_image_has_no_shell_and_no_apk(
+    kind: str, os_id: str, apk_image: MakeImage, tmp_path: Path
+):
+    root = unpack(apk_image(kind), tmp_path / "u")
+    assert f"ID={os_id}\n" in (root / "etc/os-release").read_text()
     for absent in ("bin/sh", "sbin/apk", "usr/bin/apk", "bin/busybox", "usr/bin/busybox"):
         assert not (root / absent).exists() and not (root / absent).is_symlink(), absent
     assert (root / "lib/apk/db/installed").is_file()

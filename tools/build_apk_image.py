@@ -13,6 +13,7 @@ Kinds:
   RSA256 signatures; repository `https://apk.invalid/wolfi/os`.
 - `static`: Chainguard static shaped (os-release ID=chainguard): apko DB at lib/apk/db/installed,
   no shell, no apk; packages from the Wolfi repository.
+- `alpine-static`: distroless Alpine: apk-tools DB at lib/apk/db/installed, no busybox, no apk.
 - `alpine-multilayer`: the `alpine` layer, then a layer that adds zlib (installed DB, scripts.tar
   rewritten in that layer) and deletes /etc/motd (a whiteout).
 
@@ -62,8 +63,8 @@ from tools.apkrepo import (
 )
 from tools.debian_rootfs import CACHE_DIR
 
-Kind = Literal["alpine", "wolfi", "static", "alpine-multilayer"]
-KINDS: tuple[Kind, ...] = ("alpine", "wolfi", "static", "alpine-multilayer")
+Kind = Literal["alpine", "wolfi", "static", "alpine-static", "alpine-multilayer"]
+KINDS: tuple[Kind, ...] = ("alpine", "wolfi", "static", "alpine-static", "alpine-multilayer")
 ARCH = "x86_64"  # apk's name; the OCI config says amd64
 CREATED = "2023-11-14T22:13:20Z"  # BUILDDATE as RFC 3339
 MIRROR_BASE = "https://apk.invalid"
@@ -451,6 +452,10 @@ WOLFI_INSTALLED = (
     "libssl3", "busybox", "apk-tools",
 )  # fmt: skip
 STATIC_INSTALLED = ("chainguard-baselayout", "ca-certificates-bundle", "tzdata")
+ALPINE_STATIC_INSTALLED = (
+    "musl", "alpine-baselayout-data", "alpine-release", "ca-certificates-bundle", "libcrypto3",
+    "libssl3",
+)  # fmt: skip
 
 
 def _installed(repo: ApkRepo, names: Iterable[str]) -> list[BuiltApk]:
@@ -502,6 +507,17 @@ def static_tree(repos: ApkRepos) -> tuple[Tree, list[BuiltApk]]:
         tree.add_package(p)
     _apk_config(tree, wolfi_key(), repos.wolfi.url(MIRROR_BASE), STATIC_INSTALLED)
     _apk_db(tree, "/lib/apk/db", pkgs, "apko")
+    return tree, pkgs
+
+
+def alpine_static_tree(repos: ApkRepos) -> tuple[Tree, list[BuiltApk]]:
+    """Distroless Alpine: the DB of what is there, no busybox, no apk, no shell."""
+    pkgs = _installed(repos.alpine, ALPINE_STATIC_INSTALLED)
+    tree = Tree()
+    for p in pkgs:
+        tree.add_package(p)
+    _apk_config(tree, alpine_key(), repos.alpine.url(MIRROR_BASE), ALPINE_STATIC_INSTALLED)
+    _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
     return tree, pkgs
 
 
@@ -611,6 +627,7 @@ OS_INFO = {
     "alpine-multilayer": ("alpine", "3.20.3"),
     "wolfi": ("wolfi", "20230201"),
     "static": ("chainguard", "20230214"),
+    "alpine-static": ("alpine", "3.20.3"),
 }
 
 
@@ -709,12 +726,15 @@ def _build_all(target: Path, bb: Busybox) -> None:
         up_tree, up_pkgs = multilayer_upper(repos, a_pkgs)
         w_tree, w_pkgs = wolfi_tree(repos)
         s_tree, s_pkgs = static_tree(repos)
+        as_tree, as_pkgs = alpine_static_tree(repos)
         plans: list[tuple[Kind, list[Layer], list[BuiltApk], ApkRepo, list[str], list[str]]] = [
             ("alpine", [base], a_pkgs, repos.alpine, ["apk-fixture alpine"], ["/bin/sh"]),
             ("alpine-multilayer", [base, make_layer(up_tree)], up_pkgs, repos.alpine,
              ["apk-fixture alpine", "apk add zlib && rm /etc/motd"], ["/bin/sh"]),
             ("wolfi", [make_layer(w_tree)], w_pkgs, repos.wolfi, ["apko wolfi"], ["/bin/sh"]),
             ("static", [make_layer(s_tree)], s_pkgs, repos.wolfi, ["apko static"], []),
+            ("alpine-static", [make_layer(as_tree)], as_pkgs, repos.alpine,
+             ["distroless alpine"], []),
         ]  # fmt: skip
         for kind, layers, pkgs, repo, history, cmd in plans:
             write_layout(work / kind, layers, history, cmd)
