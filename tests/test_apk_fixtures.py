@@ -46,8 +46,10 @@ DB_PATH = {
     "alpine-multilayer": "lib/apk/db/installed",
     "wolfi": "usr/lib/apk/db/installed",
     "static": "lib/apk/db/installed",
+    "static-arm64": "lib/apk/db/installed",
     "alpine-static": "lib/apk/db/installed",
 }
+FAMILY = {"static": "chainguard", "static-arm64": "chainguard", "wolfi": "wolfi"}
 MakeImage = Callable[..., ApkImage]
 
 
@@ -139,7 +141,8 @@ def unpack(img: ApkImage, dest: Path) -> Path:
 def test_layout_opens_with_skopeo_and_umoci(kind: str, apk_image: MakeImage, tmp_path: Path):
     img = apk_image(kind, "t1")
     info = json.loads(skopeo("inspect", f"oci:{img.layout}:t1"))
-    assert info["Architecture"] == "amd64" and info["Os"] == "linux"
+    assert info["Architecture"] == ("arm64" if kind == "static-arm64" else "amd64")
+    assert info["Os"] == "linux"
     assert len(info["Layers"]) == (2 if kind == "alpine-multilayer" else 1)
     root = unpack(img, tmp_path / "u")
     db = (root / DB_PATH[kind]).read_text()
@@ -166,7 +169,10 @@ def test_alpine_image_runs_busybox_and_has_the_apk_files(apk_image: MakeImage, t
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("kind", "os_id"), [("static", "chainguard"), ("alpine-static", "alpine")])
+@pytest.mark.parametrize(
+    ("kind", "os_id"),
+    [("static", "chainguard"), ("static-arm64", "chainguard"), ("alpine-static", "alpine")],
+)
 def test_static_image_has_no_shell_and_no_apk(
     kind: str, os_id: str, apk_image: MakeImage, tmp_path: Path
 ):
@@ -214,7 +220,7 @@ def test_trivy_lists_exactly_the_installed_db(kind: str, apk_image: MakeImage, t
     assert trivy_packages(img.layout, tmp_path, purl_type="apk") == img.installed
     doc = json.loads((tmp_path / "cdx.json").read_text())
     os_names = [c["name"] for c in doc["components"] if c.get("type") == "operating-system"]
-    family = {"static": "chainguard", "wolfi": "wolfi"}.get(kind, "alpine")
+    family = FAMILY.get(kind, "alpine")
     assert os_names == [family]
 
 
@@ -280,16 +286,17 @@ def test_scripts_tar_names_the_installed_checksums(apk_image: MakeImage, tmp_pat
 
 
 @pytest.mark.parametrize(
-    ("repo", "algo", "signers"),
+    ("repo", "arch", "algo", "signers"),
     [
-        ("alpine/v3.20/main", "sha1", 1),
-        ("wolfi/os", "sha256", 2),  # like Wolfi: one signature by a key the image lacks
+        ("alpine/v3.20/main", "x86_64", "sha1", 1),
+        ("wolfi/os", "x86_64", "sha256", 2),  # like Wolfi: one signature by a key the image lacks
+        ("wolfi/os", "aarch64", "sha256", 2),
     ],
 )
 def test_index_and_packages_verify_with_openssl(
-    repo: str, algo: str, signers: int, apk_repo_server: RepoServer, tmp_path: Path
+    repo: str, arch: str, algo: str, signers: int, apk_repo_server: RepoServer, tmp_path: Path
 ):
-    arch_dir = apk_repo_server.root / repo / "x86_64"
+    arch_dir = apk_repo_server.root / repo / arch
     keys = apk_repo_server.root / "keys"
     data = (arch_dir / "APKINDEX.tar.gz").read_bytes()
     sigs = signatures_of(data)
@@ -310,6 +317,7 @@ def test_index_and_packages_verify_with_openssl(
         pkginfo = tar_files(control)[".PKGINFO"].decode()
         assert f"datahash = {hashlib.sha256(data_stream).hexdigest()}\n" in pkginfo
         assert f"pkgname = {field(block, 'P')}\n" in pkginfo
+        assert field(block, "A") == arch and f"arch = {arch}\n" in pkginfo
 
 
 def test_index_carries_provides_and_new_dependency(apk_repo_server: RepoServer):
@@ -455,18 +463,20 @@ def test_our_apkindex_has_the_structure_of_real_ones(apk_repo_server: RepoServer
 def test_report_has_trivys_shape(kind: str, apk_image: MakeImage, apk_repo_server: RepoServer):
     img = apk_image(kind)
     report = json.loads(img.report.read_text())
-    family = {"static": "chainguard", "wolfi": "wolfi"}.get(kind, "alpine")
+    family = FAMILY.get(kind, "alpine")
     assert report["Metadata"]["OS"]["Family"] == family
     (result,) = report["Results"]
     assert (result["Class"], result["Type"]) == ("os-pkgs", family)
     repo = "wolfi/os" if family != "alpine" else "alpine/v3.20/main"
+    arch = "aarch64" if kind == "static-arm64" else "x86_64"
     index = {(field(b, "P"), field(b, "V"))
-             for b in apkindex(apk_repo_server.root / repo / "x86_64/APKINDEX.tar.gz")}  # fmt: skip
+             for b in apkindex(apk_repo_server.root / repo / arch / "APKINDEX.tar.gz")}  # fmt: skip
     assert result["Vulnerabilities"], "every fixture has something to fix"
     for v in result["Vulnerabilities"]:
         assert img.installed[v["PkgName"]] == v["InstalledVersion"]
         assert (v["PkgName"], v["FixedVersion"]) in index
         assert v["PkgIdentifier"]["PURL"].startswith(f"pkg:apk/{family}/{v['PkgName']}@")
+        assert f"arch={arch}&" in v["PkgIdentifier"]["PURL"]
     if (SCANNER_REPORTS / "copa_alpine-report.json").is_file():
         real = json.loads((SCANNER_REPORTS / "copa_alpine-report.json").read_text())
         real_vuln_keys = set(real["Results"][0]["Vulnerabilities"][0]) | {"SeveritySource"}

@@ -13,6 +13,7 @@ Kinds:
   RSA256 signatures; repository `https://apk.invalid/wolfi/os`.
 - `static`: Chainguard static shaped (os-release ID=chainguard): apko DB at lib/apk/db/installed,
   no shell, no apk; packages from the Wolfi repository.
+- `static-arm64`: the same for arm64 (/etc/apk/arch aarch64, the repository's aarch64 index).
 - `alpine-static`: distroless Alpine: apk-tools DB at lib/apk/db/installed, no busybox, no apk.
 - `alpine-multilayer`: the `alpine` layer, then a layer that adds zlib (installed DB, scripts.tar
   rewritten in that layer) and deletes /etc/motd (a whiteout).
@@ -63,9 +64,12 @@ from tools.apkrepo import (
 )
 from tools.debian_rootfs import CACHE_DIR
 
-Kind = Literal["alpine", "wolfi", "static", "alpine-static", "alpine-multilayer"]
-KINDS: tuple[Kind, ...] = ("alpine", "wolfi", "static", "alpine-static", "alpine-multilayer")
+Kind = Literal["alpine", "wolfi", "static", "static-arm64", "alpine-static", "alpine-multilayer"]
+KINDS: tuple[Kind, ...] = (
+    "alpine", "wolfi", "static", "static-arm64", "alpine-static", "alpine-multilayer",
+)  # fmt: skip
 ARCH = "x86_64"  # apk's name; the OCI config says amd64
+OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 CREATED = "2023-11-14T22:13:20Z"  # BUILDDATE as RFC 3339
 MIRROR_BASE = "https://apk.invalid"
 ALPINE_REPO = "alpine/v3.20/main"
@@ -261,15 +265,18 @@ def _bundle(version: str) -> str:
            "-----END CERTIFICATE-----\n"  # fmt: skip
 
 
-def wolfi_specs(bb: Busybox, release: int) -> list[ApkSpec]:
-    """Wolfi packages (merged /usr); release 2 holds the fixed versions."""
+def wolfi_specs(bb: Busybox, release: int, arch: str = ARCH) -> list[ApkSpec]:
+    """Wolfi packages (merged /usr); release 2 holds the fixed versions. For another
+    architecture than the host's, busybox is a placeholder too (nothing runs it)."""
     r2 = release == 2
+    if arch != ARCH:
+        bb = Busybox(f"\x7fELF placeholder: busybox {arch}\n".encode(), bb.applets)
     ssl_ver = "3.3.2-r1" if r2 else "3.3.2-r0"
     ca_ver = "20241121-r0" if r2 else "20240315-r0"
     bb_ver = "1.36.1-r8" if r2 else "1.36.1-r7"
     tz_ver = "2024b-r0" if r2 else "2024a-r0"
     libc = ["so:ld-linux-x86-64.so.2", "so:libc.so.6"]
-    common: dict[str, Any] = {"arch": ARCH, "maintainer": "wolfi", "url": ""}
+    common: dict[str, Any] = {"arch": arch, "maintainer": "wolfi", "url": ""}
     specs = [
         ApkSpec("libcrypto3", ssl_ver, **common, origin="openssl", license="Apache-2.0",
                 description="Crypto library from openssl",
@@ -352,6 +359,7 @@ class ApkRepos:
     root: Path
     alpine: ApkRepo
     wolfi: ApkRepo
+    wolfi_arm64: ApkRepo  # the same repository's aarch64 index and packages
     keys_dir: Path  # <name>.rsa.pub and <name>.key of both keys
 
     def mirror_arg(self, url: str) -> str:
@@ -389,19 +397,23 @@ def build_repos(root: Path, bb: Busybox) -> ApkRepos:
         root, ALPINE_REPO, alpine_specs(bb, 1) + alpine_specs(bb, 2), [akey],
         arch=ARCH, algo="RSA", description="v3.20.3-0-gocipatch",
     )  # fmt: skip
-    wolfi_all = _with_key_file(wolfi_specs(bb, 1), wkey) + wolfi_specs(bb, 2)
     # Like Wolfi's index: several signatures, only one by a key the images trust; packages
     # signed with SHA-1 (as melange's hello-wolfi sample), the index with SHA-256.
     extra = other_key()
-    wolfi = build_repo(
-        root, WOLFI_REPO, wolfi_all, [extra, wkey], package_key=wkey, arch=ARCH,
-        algo="RSA", index_algo="RSA256", description="",
+    wolfi, wolfi_arm64 = (
+        build_repo(
+            root, WOLFI_REPO,
+            _with_key_file(wolfi_specs(bb, 1, arch), wkey) + wolfi_specs(bb, 2, arch),
+            [extra, wkey], package_key=wkey, arch=arch, algo="RSA", index_algo="RSA256",
+            description="",
+        )
+        for arch in (ARCH, "aarch64")
     )  # fmt: skip
     keys = root / "keys"
     for k in (akey, wkey, extra):
         k.write_public(keys)
         k.write_private(keys)
-    return ApkRepos(root, alpine, wolfi, keys)
+    return ApkRepos(root, alpine, wolfi, wolfi_arm64, keys)
 
 
 # --- root filesystems ---------------------------------------------------------------------------
@@ -428,11 +440,13 @@ class Tree:
         self.add(ApkFile(path, kind="symlink", target=target))
 
 
-def _apk_config(tree: Tree, key: ApkKey, repo_line: str, world: Sequence[str]) -> None:
+def _apk_config(
+    tree: Tree, key: ApkKey, repo_line: str, world: Sequence[str], arch: str = ARCH
+) -> None:
     tree.add(ApkFile(f"/etc/apk/keys/{key.name}", key.public_pem()))
     tree.text("/etc/apk/repositories", repo_line + "\n")
     tree.text("/etc/apk/world", "".join(f"{w}\n" for w in sorted(world)))
-    tree.text("/etc/apk/arch", ARCH + "\n")
+    tree.text("/etc/apk/arch", arch + "\n")
 
 
 def _apk_db(tree: Tree, db_dir: str, pkgs: Sequence[BuiltApk], style: DbStyle) -> None:
@@ -500,12 +514,13 @@ def wolfi_tree(repos: ApkRepos) -> tuple[Tree, list[BuiltApk]]:
     return tree, pkgs
 
 
-def static_tree(repos: ApkRepos) -> tuple[Tree, list[BuiltApk]]:
-    pkgs = _installed(repos.wolfi, STATIC_INSTALLED)
+def static_tree(repos: ApkRepos, arm64: bool = False) -> tuple[Tree, list[BuiltApk]]:
+    repo = repos.wolfi_arm64 if arm64 else repos.wolfi
+    pkgs = _installed(repo, STATIC_INSTALLED)
     tree = Tree()
     for p in pkgs:
         tree.add_package(p)
-    _apk_config(tree, wolfi_key(), repos.wolfi.url(MIRROR_BASE), STATIC_INSTALLED)
+    _apk_config(tree, wolfi_key(), repo.url(MIRROR_BASE), STATIC_INSTALLED, repo.arch)
     _apk_db(tree, "/lib/apk/db", pkgs, "apko")
     return tree, pkgs
 
@@ -586,11 +601,11 @@ def make_layer(tree: Tree) -> Layer:
 
 
 def write_layout(
-    out: Path, layers: Sequence[Layer], history: Sequence[str], cmd: list[str]
+    out: Path, layers: Sequence[Layer], history: Sequence[str], cmd: list[str], arch: str = ARCH
 ) -> None:
     config = {
         "created": CREATED,
-        "architecture": "amd64",
+        "architecture": OCI_ARCH[arch],
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
@@ -627,6 +642,7 @@ OS_INFO = {
     "alpine-multilayer": ("alpine", "3.20.3"),
     "wolfi": ("wolfi", "20230201"),
     "static": ("chainguard", "20230214"),
+    "static-arm64": ("chainguard", "20230214"),
     "alpine-static": ("alpine", "3.20.3"),
 }
 
@@ -651,7 +667,7 @@ def trivy_report(
             "PkgID": f"{pkg.name}@{pkg.version}",
             "PkgName": pkg.name,
             "PkgIdentifier": {
-                "PURL": f"pkg:apk/{family}/{pkg.name}@{pkg.version}?arch={ARCH}{distro}",
+                "PURL": f"pkg:apk/{family}/{pkg.name}@{pkg.version}?arch={repo.arch}{distro}",
             },
             "InstalledVersion": pkg.version,
             "FixedVersion": fixed,
@@ -715,7 +731,7 @@ def _cache_key(deb: Path) -> str:
 
 
 def _build_all(target: Path, bb: Busybox) -> None:
-    """Repository tree, the four layouts and their reports, into `target` (atomically)."""
+    """Repository tree, every layout and its report, into `target` (atomically)."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="build-apk-", dir=CACHE_DIR) as tmp:
         work = Path(tmp) / "out"
@@ -726,6 +742,7 @@ def _build_all(target: Path, bb: Busybox) -> None:
         up_tree, up_pkgs = multilayer_upper(repos, a_pkgs)
         w_tree, w_pkgs = wolfi_tree(repos)
         s_tree, s_pkgs = static_tree(repos)
+        s64_tree, s64_pkgs = static_tree(repos, arm64=True)
         as_tree, as_pkgs = alpine_static_tree(repos)
         plans: list[tuple[Kind, list[Layer], list[BuiltApk], ApkRepo, list[str], list[str]]] = [
             ("alpine", [base], a_pkgs, repos.alpine, ["apk-fixture alpine"], ["/bin/sh"]),
@@ -733,11 +750,13 @@ def _build_all(target: Path, bb: Busybox) -> None:
              ["apk-fixture alpine", "apk add zlib && rm /etc/motd"], ["/bin/sh"]),
             ("wolfi", [make_layer(w_tree)], w_pkgs, repos.wolfi, ["apko wolfi"], ["/bin/sh"]),
             ("static", [make_layer(s_tree)], s_pkgs, repos.wolfi, ["apko static"], []),
+            ("static-arm64", [make_layer(s64_tree)], s64_pkgs, repos.wolfi_arm64,
+             ["apko static (arm64)"], []),
             ("alpine-static", [make_layer(as_tree)], as_pkgs, repos.alpine,
              ["distroless alpine"], []),
         ]  # fmt: skip
         for kind, layers, pkgs, repo, history, cmd in plans:
-            write_layout(work / kind, layers, history, cmd)
+            write_layout(work / kind, layers, history, cmd, repo.arch)
             report = trivy_report(kind, pkgs, repo, layers)
             (work / f"{kind}.report.json").write_text(json.dumps(report, indent=2) + "\n")
             fixed = {v["PkgName"]: v["FixedVersion"]
