@@ -37,7 +37,7 @@ from tools.apkrepo import (
     strip_signature,
 )
 from tools.aptrepo import RepoServer
-from tools.build_apk_image import KINDS, ApkImage, Busybox, build_repos
+from tools.build_apk_image import KINDS, ApkImage, Busybox, build_all, build_repos
 
 FORMATS = Path("/work/shared/formats")
 SCANNER_REPORTS = Path("/work/shared/scanner-reports")
@@ -389,6 +389,18 @@ def test_same_spec_gives_the_same_bytes(tmp_path: Path):
         assert (a.root / rel).read_bytes() == (b.root / rel).read_bytes(), rel
 
 
+def test_whole_fixture_build_is_reproducible(tmp_path: Path):
+    bb = Busybox(b"\x7fELF not really\n", ["bin/ls", "usr/bin/awk", "sbin/ifconfig"])
+    build_all(tmp_path / "a", bb)
+    build_all(tmp_path / "b", bb)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*"))
+    for rel in files:
+        a, b = tmp_path / "a" / rel, tmp_path / "b" / rel
+        if a.is_file():
+            assert a.read_bytes() == b.read_bytes(), rel
+
+
 def test_several_index_signatures_and_unsigned_packages(tmp_path: Path):
     k1, k2 = ApkKey.from_seed("k1", 1), ApkKey.from_seed("k2", 2)
     spec = ApkSpec("hi", "1.0-r0", files=[ApkFile("/usr/bin/hi", "#!/bin/sh\n", mode=0o755)])
@@ -440,6 +452,16 @@ def test_our_apk_has_the_structure_of_real_packages(apk_repo_server: RepoServer)
     assert ours["keys"] <= real_keys | {"provider_priority", "replaces", "install_if", "triggers"}
     for required in ("pkgname", "pkgver", "arch", "size", "origin", "builddate", "datahash"):
         assert required in ours["keys"]  # type: ignore[operator]
+
+
+@pytest.mark.skipif(not FORMATS.is_dir(), reason="../shared/formats is not here")
+def test_the_checksum_notion_holds_on_the_real_melange_repository():
+    """C: = Q1 + base64(SHA-1 of the control stream), S: = file size: on real files."""
+    apk = FORMATS / "apk-package/melange-local-x86_64/pretend-baselayout-1.0.0-r0.apk"
+    index = apkindex(FORMATS / "apkindex/melange-local-x86_64/APKINDEX.tar.gz")
+    block = next(b for b in index if field(b, "P") == "pretend-baselayout")
+    assert field(block, "C") == q1(gzip_streams(apk.read_bytes())[1])
+    assert int(field(block, "S")) == apk.stat().st_size
 
 
 @pytest.mark.skipif(not FORMATS.is_dir(), reason="../shared/formats is not here")

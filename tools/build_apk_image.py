@@ -730,10 +730,10 @@ def _cache_key(deb: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_all(target: Path, bb: Busybox) -> None:
+def build_all(target: Path, bb: Busybox) -> None:
     """Repository tree, every layout and its report, into `target` (atomically)."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="build-apk-", dir=CACHE_DIR) as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="build-apk-", dir=target.parent) as tmp:
         work = Path(tmp) / "out"
         repos = build_repos(work / "repo", bb)
         meta: dict[str, Any] = {}
@@ -767,9 +767,14 @@ def _build_all(target: Path, bb: Busybox) -> None:
                 "repo_url": repo.url(MIRROR_BASE),
             }
         (work / "fixtures.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        work.rename(target)
+        if target.exists() and not (target / "fixtures.json").exists():
+            shutil.rmtree(target)  # a partial tree from an interrupted older build
+        try:
+            work.rename(target)  # atomic: readers see all of it or nothing
+        except OSError:
+            if not (target / "fixtures.json").exists():
+                raise
+            # Another process finished first; the output is deterministic, keep theirs.
 
 
 def cached_fixtures() -> Path:
@@ -777,7 +782,7 @@ def cached_fixtures() -> Path:
     deb = busybox_deb()
     target = CACHE_DIR / f"apk-fixtures-{_cache_key(deb)}"
     if not (target / "fixtures.json").exists():
-        _build_all(target, load_busybox(deb))
+        build_all(target, load_busybox(deb))
     return target
 
 
