@@ -4,11 +4,11 @@ RSA keys, the installed-database files, a loopback server and tamper helpers.
 Independent of ocipatch's apk reader (it must not import ocipatch.distro.apk): the format facts
 come from abuild/apk-tools and the samples in ../shared/formats (FORMAT-NOTES.md).
 
-    key = ApkKey.from_seed("alpine-devel@ocipatch.invalid-5e1f0c1a", seed=1)
+    key = ApkKey.from_seed("alpine-devel@ocipatch.invalid-5e1f0c1a", 1)
     pkg = build_apk(ApkSpec("hello", "1.0-r0", files=[ApkFile("/usr/bin/hello", "#!/bin/sh\\n",
                     mode=0o755)], provides=["cmd:hello=1.0-r0"]), out_dir, key)
     index = build_index(out_dir, [pkg], [key])       # out_dir/APKINDEX.tar.gz
-    with RepoServer(repo_root) as server: ...        # tools.aptrepo's loopback server
+XX
 
 An .apk is three concatenated gzip streams: signature tar, control tar (`.PKGINFO` and the
 scripts), data tar. The first two are "cut" tars (no end-of-archive blocks) as abuild writes

@@ -9,8 +9,9 @@ Kinds:
   scripts.tar, triggers, busybox with applet links and /bin/sh, /etc/apk/{keys,repositories,
   world,arch}. Repository `https://apk.invalid/alpine/v3.20/main` (map it with --repo-mirror).
 - `wolfi`: Wolfi shaped, merged /usr (bin, lib, sbin are links into usr), apko-written DB at
-  usr/lib/apk/db/installed (P first, `i:[]`, `k:0`, empty `U:`), key wolfi-signing.rsa.pub,
-  RSA256 signatures; repository `https://apk.invalid/wolfi/os`.
+  usr/lib/apk/db/installed (P first, `i:[]`, `k:0`, empty `U:`), key wolfi-signing.rsa.pub
+  (owned by the wolfi-keys package); repository `https://apk.invalid/wolfi/os`, whose index
+  is signed with SHA-256 by that key and by one no image trusts, its packages with SHA-1.
 - `static`: Chainguard static shaped (os-release ID=chainguard): apko DB at lib/apk/db/installed,
   no shell, no apk; packages from the Wolfi repository.
 - `static-arm64`: the same for arm64 (/etc/apk/arch aarch64, the repository's aarch64 index).
