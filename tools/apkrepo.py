@@ -8,7 +8,7 @@ come from abuild/apk-tools and the samples in ../shared/formats (FORMAT-NOTES.md
     pkg = build_apk(ApkSpec("hello", "1.0-r0", files=[ApkFile("/usr/bin/hello", "#!/bin/sh\\n",
                     mode=0o755)], provides=["cmd:hello=1.0-r0"]), out_dir, key)
     index = build_index(out_dir, [pkg], [key])       # out_dir/APKINDEX.tar.gz
-XX
+    with serve(repo_root) as server: ...             # 127.0.0.1, a free port
 
 An .apk is three concatenated gzip streams: signature tar, control tar (`.PKGINFO` and the
 scripts), data tar. The first two are "cut" tars (no end-of-archive blocks) as abuild writes
