@@ -41,14 +41,6 @@ from tools.build_apk_image import KINDS, ApkImage, Busybox, build_all, build_rep
 
 FORMATS = Path("/work/shared/formats")
 SCANNER_REPORTS = Path("/work/shared/scanner-reports")
-DB_PATH = {
-    "alpine": "lib/apk/db/installed",
-    "alpine-multilayer": "lib/apk/db/installed",
-    "wolfi": "usr/lib/apk/db/installed",
-    "static": "lib/apk/db/installed",
-    "static-arm64": "lib/apk/db/installed",
-    "alpine-static": "lib/apk/db/installed",
-}
 FAMILY = {"static": "chainguard", "static-arm64": "chainguard", "wolfi": "wolfi"}
 MakeImage = Callable[..., ApkImage]
 
@@ -145,7 +137,7 @@ def test_layout_opens_with_skopeo_and_umoci(kind: str, apk_image: MakeImage, tmp
     assert info["Os"] == "linux"
     assert len(info["Layers"]) == (2 if kind == "alpine-multilayer" else 1)
     root = unpack(img, tmp_path / "u")
-    db = (root / DB_PATH[kind]).read_text()
+    db = (root / img.db_path).read_text()
     assert {field(b, "P") for b in parse_db(db)} == set(img.installed)
     keys = list((root / "etc/apk/keys").iterdir())
     assert [k.name for k in keys] and all(k.name.endswith(".rsa.pub") for k in keys)
@@ -224,21 +216,34 @@ def test_trivy_lists_exactly_the_installed_db(kind: str, apk_image: MakeImage, t
     assert os_names == [family]
 
 
-def test_installed_db_records_the_files_on_disk(apk_image: MakeImage, tmp_path: Path):
-    for kind in ("alpine", "wolfi"):
-        root = unpack(apk_image(kind), tmp_path / kind)
-        for block in parse_db((root / DB_PATH[kind]).read_text()):
-            assert field(block, "C").startswith("Q1")
-            directory = ""
-            for i, (k, v) in enumerate(block):
-                if k == "F":
-                    directory = v
-                    assert (root / v).is_dir(), v
-                elif k == "R":
-                    path = root / directory / v
-                    content = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
-                    z = next(val for kk, val in block[i + 1 :] if kk == "Z")
-                    assert z == q1(content), f"{kind}: {directory}/{v}"
+@pytest.mark.parametrize("kind", KINDS)
+def test_installed_db_records_the_files_on_disk(kind: str, apk_image: MakeImage, tmp_path: Path):
+    img = apk_image(kind)
+    root = unpack(img, tmp_path / "u")
+    for block in parse_db((root / img.db_path).read_text()):
+        assert field(block, "C").startswith("Q1")
+        directory = ""
+        for i, (k, v) in enumerate(block):
+            if k == "F":
+                directory = v
+                assert (root / v).is_dir(), v
+            elif k == "R":
+                path = root / directory / v
+                content = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+                z = next(val for kk, val in block[i + 1 :] if kk == "Z")
+                assert z == q1(content), f"{kind}: {directory}/{v}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_db_entries_helper_matches_the_image_and_covers_the_fixes(
+    kind: str, apk_image: MakeImage, tmp_path: Path
+):
+    img = apk_image(kind)
+    text = (unpack(img, tmp_path / "u") / img.db_path).read_text()
+    assert text == "".join(img.db_entries[f"{n}-{v}"] + "\n" for n, v in img.installed.items())
+    for name, version in img.fixed.items():
+        entry = parse_db(img.db_entries[f"{name}-{version}"])[0]
+        assert (field(entry, "P"), field(entry, "V")) == (name, version)
 
 
 def test_alpine_db_field_order_is_apk_tools(apk_image: MakeImage, tmp_path: Path):
@@ -261,8 +266,9 @@ def test_db_letters_are_those_of_the_real_samples(apk_image: MakeImage, tmp_path
     for f in (FORMATS / "apk-installed").glob("*/installed"):
         real |= {k for b in parse_db(f.read_text(errors="replace")) for k, _ in b}
     for kind in ("alpine", "wolfi"):
-        root = unpack(apk_image(kind), tmp_path / kind)
-        ours = {k for b in parse_db((root / DB_PATH[kind]).read_text()) for k, _ in b}
+        img = apk_image(kind)
+        root = unpack(img, tmp_path / kind)
+        ours = {k for b in parse_db((root / img.db_path).read_text()) for k, _ in b}
         assert ours <= real, ours - real
 
 

@@ -60,6 +60,7 @@ from tools.apkrepo import (
     build_repo,
     gz,
     installed_db,
+    installed_entry,
     scripts_tar,
     triggers_file,
 )
@@ -71,13 +72,21 @@ KINDS: tuple[Kind, ...] = (
 )  # fmt: skip
 ARCH = "x86_64"  # apk's name; the OCI config says amd64
 OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+DB_PATHS: dict[Kind, str] = {
+    "alpine": "lib/apk/db/installed",
+    "alpine-multilayer": "lib/apk/db/installed",
+    "alpine-static": "lib/apk/db/installed",
+    "wolfi": "usr/lib/apk/db/installed",  # apko on a usr-merged root
+    "static": "lib/apk/db/installed",
+    "static-arm64": "lib/apk/db/installed",
+}
 CREATED = "2023-11-14T22:13:20Z"  # BUILDDATE as RFC 3339
 MIRROR_BASE = "https://apk.invalid"
 ALPINE_REPO = "alpine/v3.20/main"
 WOLFI_REPO = "wolfi/os"
 ALPINE_KEY = "alpine-devel@ocipatch.invalid-6165ee59"
 WOLFI_KEY = "wolfi-signing"
-FORMAT_VERSION = "apk-v1"
+FORMAT_VERSION = "apk-v2"
 
 
 class ApkImageError(RuntimeError):
@@ -710,9 +719,13 @@ class ApkImage:
     repo_root: Path  # serve this (or use file://); images name MIRROR_BASE/<repo>
     repo_url: str  # the image's /etc/apk/repositories line
     keys_dir: Path
-    installed: dict[str, str]  # name -> version in the image's installed DB
+    installed: dict[str, str]  # name -> version, in the order of the image's installed DB
     fixed: dict[str, str]  # name -> version the report asks for
     report: Path
+    db_path: str  # the installed DB, relative to the root
+    # "<name>-<version>" -> that package's installed-DB block, as apk-tools (alpine kinds) or
+    # apko (the others) writes it: what a patched image's DB should hold for it
+    db_entries: dict[str, str]
 
     def mirror_arg(self, url: str) -> str:
         """`--repo-mirror` value mapping the image's fake base URL to `url` (a served root)."""
@@ -762,12 +775,18 @@ def build_all(target: Path, bb: Busybox) -> None:
             (work / f"{kind}.report.json").write_text(json.dumps(report, indent=2) + "\n")
             fixed = {v["PkgName"]: v["FixedVersion"]
                      for v in report["Results"][0]["Vulnerabilities"]}  # fmt: skip
+            style: DbStyle = "apko" if repo is not repos.alpine else "apk-tools"
             meta[kind] = {
                 "installed": {p.name: p.version for p in pkgs},
                 "fixed": fixed,
                 "repo_url": repo.url(MIRROR_BASE),
+                "db_style": style,
+                # what the DB block of each repository package looks like once installed
+                "db_entries": {
+                    f"{p.name}-{p.version}": installed_entry(p, style) for p in repo.packages
+                },
             }
-        (work / "fixtures.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (work / "fixtures.json").write_text(json.dumps(meta, indent=2) + "\n")
         if target.exists() and not (target / "fixtures.json").exists():
             shutil.rmtree(target)  # a partial tree from an interrupted older build
         try:
@@ -806,6 +825,8 @@ def build_apk_image(out: Path, kind: Kind, tag: str = "latest") -> ApkImage:
         installed=meta["installed"],
         fixed=meta["fixed"],
         report=cache / f"{kind}.report.json",
+        db_path=DB_PATHS[kind],
+        db_entries=meta["db_entries"],
     )
 
 
