@@ -234,6 +234,26 @@ def test_installed_db_records_the_files_on_disk(kind: str, apk_image: MakeImage,
                 assert z == q1(content), f"{kind}: {directory}/{v}"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_busybox_scripts_run_with_the_images_own_shell(apk_image: MakeImage, tmp_path: Path):
+    """The trigger re-creates a missing applet link; post-upgrade logs its arguments."""
+    root = unpack(apk_image("alpine"), tmp_path / "u")
+    with tarfile.open(root / "lib/apk/db/scripts.tar") as tar:
+        for m in tar:
+            if m.name.startswith("busybox-1.36.1-r28.") and m.name.endswith(("trigger", "upgrade")):
+                action = m.name.rsplit(".", 1)[1]
+                (root / "tmp" / action).write_bytes((tar.extractfile(m) or io.BytesIO()).read())
+    (root / "bin/ls").unlink()
+    chroot = ["chroot", str(root), "/bin/sh"]
+    subprocess.run([*chroot, "/tmp/trigger", "/bin", "/usr/bin"], check=True, timeout=60)
+    assert os.readlink(root / "bin/ls") == "/bin/busybox"
+    subprocess.run([*chroot, "/tmp/post-upgrade", "1.36.1-r29", "1.36.1-r28"], check=True,
+                   timeout=60)  # fmt: skip
+    assert (root / "var/log/apk-scripts.log").read_text().splitlines() == [
+        "busybox trigger /bin /usr/bin", "busybox post-upgrade 1.36.1-r29 1.36.1-r28",
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_db_entries_helper_matches_the_image_and_covers_the_fixes(
     kind: str, apk_image: MakeImage, tmp_path: Path
