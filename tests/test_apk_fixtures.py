@@ -141,7 +141,7 @@ def test_layout_opens_with_skopeo_and_umoci(kind: str, apk_image: MakeImage, tmp
     assert {field(b, "P") for b in parse_db(db)} == set(img.installed)
     keys = list((root / "etc/apk/keys").iterdir())
     assert [k.name for k in keys] and all(k.name.endswith(".rsa.pub") for k in keys)
-    assert (root / "etc/apk/repositories").read_text() == img.repo_url + "\n"
+    assert (root / "etc/apk/repositories").read_text().splitlines()[0] == img.repo_url
     assert img.repo_url.startswith("https://apk.invalid/")
 
 
@@ -186,6 +186,21 @@ def test_wolfi_image_is_usr_merged_with_an_apko_db(apk_image: MakeImage, tmp_pat
     # the key file belongs to a package (wolfi-keys), as in Wolfi
     owners = [field(b, "P") for b in blocks if ("R", "wolfi-signing.rsa.pub") in b]
     assert owners == ["wolfi-keys"]
+
+
+def test_pinned_image_has_a_tagged_repository_and_a_pinned_world(
+    apk_image: MakeImage, tmp_path: Path
+):
+    img = apk_image("alpine-pinned")
+    root = unpack(img, tmp_path / "u")
+    assert (root / "etc/apk/repositories").read_text().splitlines() == [
+        "https://apk.invalid/alpine/v3.20/main",
+        "@edge https://apk.invalid/alpine/edge/main",
+    ]
+    assert "ca-certificates-bundle@edge" in (root / "etc/apk/world").read_text().split()
+    # the pinned package's fix is edge's; the others come from main, though edge is newer
+    assert img.fixed["ca-certificates-bundle"] == "20250101-r0"
+    assert img.fixed["libssl3"] == "3.3.2-r1" and img.fixed["libcrypto3"] == "3.3.2-r1"
 
 
 def test_multilayer_image_whiteout_and_upper_db(apk_image: MakeImage, tmp_path: Path):
@@ -315,6 +330,7 @@ def test_scripts_tar_names_the_installed_checksums(apk_image: MakeImage, tmp_pat
     ("repo", "arch", "algo", "signers"),
     [
         ("alpine/v3.20/main", "x86_64", "sha1", 1),
+        ("alpine/edge/main", "x86_64", "sha1", 1),
         ("wolfi/os", "x86_64", "sha256", 2),  # like Wolfi: one signature by a key the image lacks
         ("wolfi/os", "aarch64", "sha256", 2),
     ],
@@ -519,6 +535,9 @@ def test_report_has_trivys_shape(kind: str, apk_image: MakeImage, apk_repo_serve
     arch = "aarch64" if kind == "static-arm64" else "x86_64"
     index = {(field(b, "P"), field(b, "V"))
              for b in apkindex(apk_repo_server.root / repo / arch / "APKINDEX.tar.gz")}  # fmt: skip
+    if kind == "alpine-pinned":
+        edge = apk_repo_server.root / "alpine/edge/main/x86_64/APKINDEX.tar.gz"
+        index |= {(field(b, "P"), field(b, "V")) for b in apkindex(edge)}
     assert result["Vulnerabilities"], "every fixture has something to fix"
     for v in result["Vulnerabilities"]:
         assert img.installed[v["PkgName"]] == v["InstalledVersion"]

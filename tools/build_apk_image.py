@@ -16,6 +16,10 @@ Kinds:
   no shell, no apk; packages from the Wolfi repository.
 - `static-arm64`: the same for arm64 (/etc/apk/arch aarch64, the repository's aarch64 index).
 - `alpine-static`: distroless Alpine: apk-tools DB at lib/apk/db/installed, no busybox, no apk.
+- `alpine-pinned`: the alpine image whose /etc/apk/repositories adds
+  `@edge https://apk.invalid/alpine/edge/main` and whose world says
+  `ca-certificates-bundle@edge`: that package's fix comes from edge, the rest from main (edge
+  also has newer libcrypto3/libssl3, which must not be chosen).
 - `alpine-multilayer`: the `alpine` layer, then a layer that adds zlib (installed DB, scripts.tar
   rewritten in that layer) and deletes /etc/motd (a whiteout).
 
@@ -66,9 +70,13 @@ from tools.apkrepo import (
 )
 from tools.debian_rootfs import CACHE_DIR
 
-Kind = Literal["alpine", "wolfi", "static", "static-arm64", "alpine-static", "alpine-multilayer"]
+Kind = Literal[
+    "alpine", "wolfi", "static", "static-arm64", "alpine-static", "alpine-multilayer",
+    "alpine-pinned",
+]  # fmt: skip
 KINDS: tuple[Kind, ...] = (
     "alpine", "wolfi", "static", "static-arm64", "alpine-static", "alpine-multilayer",
+    "alpine-pinned",
 )  # fmt: skip
 ARCH = "x86_64"  # apk's name; the OCI config says amd64
 OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
@@ -76,6 +84,7 @@ DB_PATHS: dict[Kind, str] = {
     "alpine": "lib/apk/db/installed",
     "alpine-multilayer": "lib/apk/db/installed",
     "alpine-static": "lib/apk/db/installed",
+    "alpine-pinned": "lib/apk/db/installed",
     "wolfi": "usr/lib/apk/db/installed",  # apko on a usr-merged root
     "static": "lib/apk/db/installed",
     "static-arm64": "lib/apk/db/installed",
@@ -83,6 +92,7 @@ DB_PATHS: dict[Kind, str] = {
 CREATED = "2023-11-14T22:13:20Z"  # BUILDDATE as RFC 3339
 MIRROR_BASE = "https://apk.invalid"
 ALPINE_REPO = "alpine/v3.20/main"
+EDGE_REPO = "alpine/edge/main"  # tagged @edge in the alpine-pinned image
 WOLFI_REPO = "wolfi/os"
 ALPINE_KEY = "alpine-devel@ocipatch.invalid-6165ee59"
 WOLFI_KEY = "wolfi-signing"
@@ -270,6 +280,31 @@ def alpine_base_specs(common: dict[str, Any]) -> list[ApkSpec]:
     ]  # fmt: skip
 
 
+def edge_specs() -> list[ApkSpec]:
+    """Newer versions in a second repository: chosen only for a world entry pinned `@edge`."""
+    common: dict[str, Any] = {"arch": ARCH, "maintainer": "Natanael Copa <ncopa@ocipatch.invalid>"}
+    musl_so, ver, ca_ver = "so:libc.musl-x86_64.so.1", "3.4.0-r0", "20250101-r0"
+    return [
+        ApkSpec("libcrypto3", ver, **common, origin="openssl", license="Apache-2.0",
+                description="Crypto library from openssl",
+                files=[_lib("/usr/lib/libcrypto.so.3", f"libcrypto {ver}"),
+                       ApkFile("/etc/ssl/openssl.cnf", f"# openssl.cnf {ver}\n")],
+                depends=[musl_so], provides=["so:libcrypto.so.3=3"], provider_priority=100),
+        ApkSpec("libssl3", ver, **common, origin="openssl", license="Apache-2.0",
+                description="SSL shared libraries",
+                files=[_lib("/usr/lib/libssl.so.3", f"libssl {ver}")],
+                depends=[musl_so, "so:libcrypto.so.3"], provides=["so:libssl.so.3=3"],
+                provider_priority=100),
+        ApkSpec("ca-certificates-bundle", ca_ver, **common, origin="ca-certificates",
+                description="Pre generated bundle of Mozilla certificates",
+                license="MPL-2.0 AND MIT", replaces=["libcrypto1.1"],
+                files=[ApkFile("/etc/ssl/certs/ca-certificates.crt", _bundle(ca_ver)),
+                       ApkFile("/etc/ssl/cert.pem", kind="symlink",
+                               target="certs/ca-certificates.crt")],
+                provides=[f"ca-certificates-cacert={ca_ver}"]),
+    ]  # fmt: skip
+
+
 def _bundle(version: str) -> str:
     return f"# ca-certificates {version}\n-----BEGIN CERTIFICATE-----\nMIIB{version}\n" \
            "-----END CERTIFICATE-----\n"  # fmt: skip
@@ -368,6 +403,7 @@ class ApkRepos:
 
     root: Path
     alpine: ApkRepo
+    alpine_edge: ApkRepo
     wolfi: ApkRepo
     wolfi_arm64: ApkRepo  # the same repository's aarch64 index and packages
     keys_dir: Path  # <name>.rsa.pub and <name>.key of both keys
@@ -407,6 +443,8 @@ def build_repos(root: Path, bb: Busybox) -> ApkRepos:
         root, ALPINE_REPO, alpine_specs(bb, 1) + alpine_specs(bb, 2), [akey],
         arch=ARCH, algo="RSA", description="v3.20.3-0-gocipatch",
     )  # fmt: skip
+    edge = build_repo(root, EDGE_REPO, edge_specs(), [akey], arch=ARCH,
+                      description="v20250101-0-gocipatch")  # fmt: skip
     # Like Wolfi's index: several signatures, only one by a key the images trust; packages
     # signed with SHA-1 (as melange's hello-wolfi sample), the index with SHA-256.
     extra = other_key()
@@ -423,7 +461,7 @@ def build_repos(root: Path, bb: Busybox) -> ApkRepos:
     for k in (akey, wkey, extra):
         k.write_public(keys)
         k.write_private(keys)
-    return ApkRepos(root, alpine, wolfi, wolfi_arm64, keys)
+    return ApkRepos(root, alpine, edge, wolfi, wolfi_arm64, keys)
 
 
 # --- root filesystems ---------------------------------------------------------------------------
@@ -504,6 +542,19 @@ def alpine_tree(repos: ApkRepos, bb: Busybox) -> tuple[Tree, list[BuiltApk]]:
     _apk_config(tree, alpine_key(), repos.alpine.url(MIRROR_BASE), ALPINE_WORLD)
     _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
     tree.add(ApkFile("/var/cache/apk", kind="dir"))
+    return tree, pkgs
+
+
+PINNED = "ca-certificates-bundle"
+
+
+def alpine_pinned_tree(repos: ApkRepos, bb: Busybox) -> tuple[Tree, list[BuiltApk]]:
+    """The alpine image with a second repository tagged @edge and one world entry pinned to it."""
+    tree, pkgs = alpine_tree(repos, bb)
+    lines = [repos.alpine.url(MIRROR_BASE), "@edge " + repos.alpine_edge.url(MIRROR_BASE)]
+    tree.text("/etc/apk/repositories", "".join(f"{ln}\n" for ln in lines))
+    world = sorted(f"{w}@edge" if w == PINNED else w for w in ALPINE_WORLD)
+    tree.text("/etc/apk/world", "".join(f"{w}\n" for w in world))
     return tree, pkgs
 
 
@@ -654,20 +705,21 @@ OS_INFO = {
     "static": ("chainguard", "20230214"),
     "static-arm64": ("chainguard", "20230214"),
     "alpine-static": ("alpine", "3.20.3"),
+    "alpine-pinned": ("alpine", "3.20.3"),
 }
 
 
 def trivy_report(
-    kind: Kind, installed: Sequence[BuiltApk], repo: ApkRepo, layers: Sequence[Layer],
-    artifact: str = "",
+    kind: Kind, installed: Sequence[BuiltApk], available: Sequence[BuiltApk],
+    layers: Sequence[Layer], arch: str = ARCH, artifact: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     """A Trivy JSON report (SchemaVersion 2) with a fixed vulnerability for each installed
-    package that the repository has a newer version of (FixedVersion = that version)."""
+    package that `available` has another version of (FixedVersion = the last one listed)."""
     family, os_name = OS_INFO[kind]
     artifact = artifact or f"ocipatch-test/{kind}:latest"
     vulns = []
     for n, pkg in enumerate(installed):
-        newer = [p for p in repo.packages if p.name == pkg.name and p.version != pkg.version]
+        newer = [p for p in available if p.name == pkg.name and p.version != pkg.version]
         if not newer:
             continue
         fixed = newer[-1].version
@@ -677,7 +729,7 @@ def trivy_report(
             "PkgID": f"{pkg.name}@{pkg.version}",
             "PkgName": pkg.name,
             "PkgIdentifier": {
-                "PURL": f"pkg:apk/{family}/{pkg.name}@{pkg.version}?arch={repo.arch}{distro}",
+                "PURL": f"pkg:apk/{family}/{pkg.name}@{pkg.version}?arch={arch}{distro}",
             },
             "InstalledVersion": pkg.version,
             "FixedVersion": fixed,
@@ -758,6 +810,7 @@ def build_all(target: Path, bb: Busybox) -> None:
         s_tree, s_pkgs = static_tree(repos)
         s64_tree, s64_pkgs = static_tree(repos, arm64=True)
         as_tree, as_pkgs = alpine_static_tree(repos)
+        p_tree, p_pkgs = alpine_pinned_tree(repos, bb)
         plans: list[tuple[Kind, list[Layer], list[BuiltApk], ApkRepo, list[str], list[str]]] = [
             ("alpine", [base], a_pkgs, repos.alpine, ["apk-fixture alpine"], ["/bin/sh"]),
             ("alpine-multilayer", [base, make_layer(up_tree)], up_pkgs, repos.alpine,
@@ -768,10 +821,15 @@ def build_all(target: Path, bb: Busybox) -> None:
              ["apko static (arm64)"], []),
             ("alpine-static", [make_layer(as_tree)], as_pkgs, repos.alpine,
              ["distroless alpine"], []),
+            ("alpine-pinned", [make_layer(p_tree)], p_pkgs, repos.alpine,
+             ["apk-fixture alpine, world pins ca-certificates-bundle@edge"], ["/bin/sh"]),
         ]  # fmt: skip
         for kind, layers, pkgs, repo, history, cmd in plans:
             write_layout(work / kind, layers, history, cmd, repo.arch)
-            report = trivy_report(kind, pkgs, repo, layers)
+            available = list(repo.packages)
+            if kind == "alpine-pinned":  # what the pin makes apk choose
+                available += [p for p in repos.alpine_edge.packages if p.name == PINNED]
+            report = trivy_report(kind, pkgs, available, layers, repo.arch)
             (work / f"{kind}.report.json").write_text(json.dumps(report, indent=2) + "\n")
             fixed = {v["PkgName"]: v["FixedVersion"]
                      for v in report["Results"][0]["Vulnerabilities"]}  # fmt: skip
@@ -783,7 +841,7 @@ def build_all(target: Path, bb: Busybox) -> None:
                 "db_style": style,
                 # what the DB block of each repository package looks like once installed
                 "db_entries": {
-                    f"{p.name}-{p.version}": installed_entry(p, style) for p in repo.packages
+                    f"{p.name}-{p.version}": installed_entry(p, style) for p in available
                 },
             }
         (work / "fixtures.json").write_text(json.dumps(meta, indent=2) + "\n")
