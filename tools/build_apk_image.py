@@ -497,11 +497,16 @@ def _apk_config(
     tree.text("/etc/apk/arch", arch + "\n")
 
 
-def _apk_db(tree: Tree, db_dir: str, pkgs: Sequence[BuiltApk], style: DbStyle) -> None:
+def _apk_db(tree: Tree, db_dir: str, pkgs: list[BuiltApk], style: DbStyle) -> list[BuiltApk]:
+    """Write the DB files; returns the packages in DB order. apk-tools 2.14 (Alpine 3.19+)
+    writes installed, scripts.tar and triggers sorted by package name; apko keeps its order."""
+    if style == "apk-tools":
+        pkgs = sorted(pkgs, key=lambda p: (p.name.lower(), p.name))
     tree.text(f"{db_dir}/installed", installed_db(pkgs, style))
     tree.text(f"{db_dir}/scripts.tar", scripts_tar(pkgs))
     tree.text(f"{db_dir}/triggers", triggers_file(pkgs))
     tree.text(f"{db_dir}/lock", b"", mode=0o600)
+    return pkgs
 
 
 ALPINE_INSTALLED = (
@@ -540,7 +545,7 @@ def alpine_tree(repos: ApkRepos, bb: Busybox) -> tuple[Tree, list[BuiltApk]]:
     tree.text("/etc/motd", "Welcome to Alpine!\n")
     tree.text("/etc/hostname", "localhost\n")
     _apk_config(tree, alpine_key(), repos.alpine.url(MIRROR_BASE), ALPINE_WORLD)
-    _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
+    pkgs = _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
     tree.add(ApkFile("/var/cache/apk", kind="dir"))
     return tree, pkgs
 
@@ -571,7 +576,7 @@ def wolfi_tree(repos: ApkRepos) -> tuple[Tree, list[BuiltApk]]:
     for p in pkgs:
         tree.add_package(p)
     _apk_config(tree, wolfi_key(), repos.wolfi.url(MIRROR_BASE), ["wolfi-base", "busybox"])
-    _apk_db(tree, "/usr/lib/apk/db", pkgs, "apko")
+    pkgs = _apk_db(tree, "/usr/lib/apk/db", pkgs, "apko")
     return tree, pkgs
 
 
@@ -582,7 +587,7 @@ def static_tree(repos: ApkRepos, arm64: bool = False) -> tuple[Tree, list[BuiltA
     for p in pkgs:
         tree.add_package(p)
     _apk_config(tree, wolfi_key(), repo.url(MIRROR_BASE), STATIC_INSTALLED, repo.arch)
-    _apk_db(tree, "/lib/apk/db", pkgs, "apko")
+    pkgs = _apk_db(tree, "/lib/apk/db", pkgs, "apko")
     return tree, pkgs
 
 
@@ -593,7 +598,7 @@ def alpine_static_tree(repos: ApkRepos) -> tuple[Tree, list[BuiltApk]]:
     for p in pkgs:
         tree.add_package(p)
     _apk_config(tree, alpine_key(), repos.alpine.url(MIRROR_BASE), ALPINE_STATIC_INSTALLED)
-    _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
+    pkgs = _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
     return tree, pkgs
 
 
@@ -604,7 +609,7 @@ def multilayer_upper(repos: ApkRepos, base_pkgs: list[BuiltApk]) -> tuple[Tree, 
     tree = Tree()
     tree.add_package(zlib)
     tree.text("/etc/apk/world", "".join(f"{w}\n" for w in sorted([*ALPINE_WORLD, "zlib"])))
-    _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
+    pkgs = _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
     tree.whiteouts.append("etc/motd")
     return tree, pkgs
 
