@@ -364,6 +364,16 @@ def test_index_and_packages_verify_with_openssl(
         assert field(block, "A") == arch and f"arch = {arch}\n" in pkginfo
 
 
+def test_data_tar_owner_names_match_the_ids(apk_repo_server: RepoServer):
+    """apk resolves owners by name through the image's passwd/group: names must match ids."""
+    apk = apk_repo_server.root / "alpine/v3.20/main/x86_64/alpine-baselayout-data-3.6.5-r0.apk"
+    data = gzip.decompress(gzip_streams(apk.read_bytes())[2])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        shadow = tar.getmember("etc/shadow")
+        assert (shadow.uid, shadow.gid, shadow.uname, shadow.gname) == (0, 42, "root", "shadow")
+        assert shadow.mode == 0o640
+
+
 def test_index_carries_provides_and_new_dependency(apk_repo_server: RepoServer):
     blocks = apkindex(apk_repo_server.root / "alpine/v3.20/main/x86_64/APKINDEX.tar.gz")
     by = {(field(b, "P"), field(b, "V")): dict(b) for b in blocks}

@@ -49,6 +49,9 @@ SCRIPTS = (
 SigAlgo = Literal["RSA", "RSA256"]
 DbStyle = Literal["apk-tools", "apko"]
 BLOCK = 512
+# Names the data tars give to the ids the fixtures use (Alpine's and Chainguard's /etc/passwd).
+OWNER_NAMES = {0: "root", 65532: "nonroot"}
+GROUP_NAMES = {0: "root", 42: "shadow", 65532: "nonroot"}
 
 
 class ApkRepoError(RuntimeError):
@@ -368,6 +371,10 @@ def _data_tar(spec: ApkSpec) -> tuple[bytes, list[FileRecord], int]:
             "uid": f.uid,
             "gid": f.gid,
             "mtime": spec.builddate,
+            # apk resolves owners by these names in the image's passwd/group, so they must
+            # match the numbers (an unknown id gets no name, as tar writes it)
+            "uname": OWNER_NAMES.get(f.uid, ""),
+            "gname": GROUP_NAMES.get(f.gid, ""),
         }
         if f.kind == "dir":
             out.write(tar_header(f.rel + "/", typeflag=b"5", **owner))
