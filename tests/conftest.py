@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.plugins.registry",
     "tests.plugins.images",
     "tests.plugins.aptrepo",
+    "tests.plugins.apkimages",
 ]

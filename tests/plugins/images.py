@@ -45,8 +45,9 @@ def skopeo(*args: str) -> str:
     ).stdout
 
 
-def trivy_packages(layout: Path, cache_dir: Path) -> dict[str, str]:
-    """name -> version (with epoch) of the deb packages trivy finds in an OCI layout, offline."""
+def trivy_packages(layout: Path, cache_dir: Path, purl_type: str = "deb") -> dict[str, str]:
+    """name -> version (with epoch) of the packages (purl type deb, apk, ...) trivy finds in an
+    OCI layout, offline."""
     out = cache_dir / "cdx.json"
     subprocess.run(
         [
@@ -73,7 +74,7 @@ def trivy_packages(layout: Path, cache_dir: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     for c in doc.get("components", []):
         purl = c.get("purl", "")
-        if not purl.startswith("pkg:deb/"):
+        if not purl.startswith(f"pkg:{purl_type}/"):
             continue
         version = purl.split("@", 1)[1].split("?", 1)[0]
         quals = dict(q.split("=", 1) for q in purl.partition("?")[2].split("&") if "=" in q)
