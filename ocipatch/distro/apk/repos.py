@@ -26,7 +26,7 @@ from typing import Protocol
 
 from ocipatch.distro.apk import inroot
 from ocipatch.distro.apk.db import INSTALLED_PATHS, read_installed, read_repositories
-from ocipatch.distro.apk.index import ApkIndex, parse_index, verify_index
+from ocipatch.distro.apk.index import ApkIndex, read_index
 from ocipatch.distro.apk.package import (
     ApkFile,
     read_apk,
@@ -165,11 +165,7 @@ class ApkRepositories:
 
     def index(self, repo: Repository) -> ApkIndex:
         url = repo.index_url(self.arch)
-        data = self._fetch_index(url)
-        index = parse_index(data, url)
-        if not self.insecure:
-            verify_index(index, self.keys)
-        return index
+        return read_index(self._fetch_index(url), url, self.keys, insecure=self.insecure)
 
     def _state_path(self, url: str) -> Path:
         return (
@@ -223,12 +219,14 @@ class ApkRepositories:
         path = (
             self.cache / "packages" / f"{_checksum_hex(cand.entry.checksum)}-{cand.entry.filename}"
         )
-        data = path.read_bytes() if path.is_file() else None
-        if data is None or len(data) != cand.entry.size:
-            data = self._fetch_package(cand)
+        if path.is_file():
+            try:
+                return path, self.verify_package(cand, path.read_bytes())
+            except IntegrityError:
+                path.unlink()  # a damaged cache entry: fetched again below
+        data = self._fetch_package(cand)
         apk = self.verify_package(cand, data)
-        if not path.is_file():
-            _write_atomic(path, data)
+        _write_atomic(path, data)
         return path, apk
 
     def _fetch_package(self, cand: Candidate) -> bytes:
