@@ -196,8 +196,10 @@ class ApkPatcher:
         runner = _ScriptRunner(self.rootfs, self.sandbox)
         changes = _Changes()
         names = {i.name for i in plan.updates}
-        for cand in _install_order([c for n, c in self.chosen.items() if n in names]):
-            path, apk = self.repos.download(cand)
+        order = _install_order([c for n, c in self.chosen.items() if n in names])
+        # Every package is fetched and verified before the first file is written.
+        fetched = [self.repos.download(cand) for cand in order]
+        for path, apk in fetched:
             old = state.db.get(apk.name)
             args = [apk.version, old.version] if old is not None else [apk.version]
             runner.run(apk.name, "pre-upgrade" if old else "pre-install", apk.scripts, args)
