@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ocipatch.distro.apk.install import ApkPatcher, read_db
+from ocipatch.distro.apk.install import ApkPatcher, installed_packages, read_db
 from ocipatch.distro.apk.writer import member_path
-from ocipatch.distro.base import Requirement
-from ocipatch.errors import ApplyError, SandboxError, UnsafeArchiveError
+from ocipatch.distro.base import InstalledPackage, Requirement
+from ocipatch.errors import ApplyError, ImageFormatError, SandboxError, UnsafeArchiveError
 from ocipatch.fs.unpack import OwnershipMap
 from ocipatch.sandbox.base import Sandbox
 from ocipatch.sandbox.select import select_sandbox
@@ -212,3 +212,24 @@ def test_pinned_repository_over_file_urls(tmp_path: Path) -> None:
     # The first patch left a 1-r1 DB entry; the pin now takes the edge build.
     assert patch(root2).updated == [("a", "1-r1", "2-r0")]
     assert (root2 / "usr/share/a").read_text() == "edge"
+
+
+def test_damaged_installed_db_is_exit_8(tmp_path: Path) -> None:
+    root = make(tmp_path, [ApkSpec("a", "1-r0")], [ApkSpec("a", "1-r1")])
+    db = root / "lib/apk/db/installed"
+    db.write_bytes(db.read_bytes().replace(b"\nV:1-r0\n", b"\nV1-r0\n"))
+    with pytest.raises(ImageFormatError) as e:
+        patch(root)
+    assert e.value.exit_code == 8 and "lib/apk/db/installed" in str(e.value)
+
+
+def test_no_installed_db_is_exit_8(tmp_path: Path) -> None:
+    root = make(tmp_path, [ApkSpec("a", "1-r0")], [ApkSpec("a", "1-r1")])
+    (root / "lib/apk/db/installed").unlink()
+    with pytest.raises(ImageFormatError, match="no apk installed DB"):
+        patch(root)
+
+
+def test_installed_packages_for_the_orchestrator(tmp_path: Path) -> None:
+    root = make(tmp_path, [ApkSpec("a", "1-r0", origin="a-src")], [])
+    assert installed_packages(root) == [InstalledPackage("a", "1-r0", "x86_64", "a-src")]

@@ -73,6 +73,7 @@ __all__ = [
     "db_dir",
     "excluded",
     "file_meta",
+    "installed_packages",
     "read_db",
 ]
 
@@ -135,6 +136,11 @@ def db_dir(rootfs: Path) -> str:
 def read_db(rootfs: Path) -> InstalledDb:
     d = db_dir(rootfs)
     return read_installed((rootfs / d / "installed").read_bytes(), f"{d}/installed")
+
+
+def installed_packages(rootfs: Path) -> list[InstalledPackage]:
+    """The installed DB as the orchestrator's records (source: the package's origin)."""
+    return [InstalledPackage(p.name, p.version, p.arch, p.origin) for p in read_db(rootfs).packages]
 
 
 @dataclass
