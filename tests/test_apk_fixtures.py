@@ -37,18 +37,10 @@ from tools.apkrepo import (
     strip_signature,
 )
 from tools.aptrepo import RepoServer
-from tools.build_apk_image import KINDS, ApkImage, Busybox, build_repos
+from tools.build_apk_image import KINDS, ApkImage, Busybox, build_all, build_repos
 
 FORMATS = Path("/work/shared/formats")
 SCANNER_REPORTS = Path("/work/shared/scanner-reports")
-DB_PATH = {
-    "alpine": "lib/apk/db/installed",
-    "alpine-multilayer": "lib/apk/db/installed",
-    "wolfi": "usr/lib/apk/db/installed",
-    "static": "lib/apk/db/installed",
-    "static-arm64": "lib/apk/db/installed",
-    "alpine-static": "lib/apk/db/installed",
-}
 FAMILY = {"static": "chainguard", "static-arm64": "chainguard", "wolfi": "wolfi"}
 MakeImage = Callable[..., ApkImage]
 
@@ -145,11 +137,11 @@ def test_layout_opens_with_skopeo_and_umoci(kind: str, apk_image: MakeImage, tmp
     assert info["Os"] == "linux"
     assert len(info["Layers"]) == (2 if kind == "alpine-multilayer" else 1)
     root = unpack(img, tmp_path / "u")
-    db = (root / DB_PATH[kind]).read_text()
+    db = (root / img.db_path).read_text()
     assert {field(b, "P") for b in parse_db(db)} == set(img.installed)
     keys = list((root / "etc/apk/keys").iterdir())
     assert [k.name for k in keys] and all(k.name.endswith(".rsa.pub") for k in keys)
-    assert (root / "etc/apk/repositories").read_text() == img.repo_url + "\n"
+    assert (root / "etc/apk/repositories").read_text().splitlines()[0] == img.repo_url
     assert img.repo_url.startswith("https://apk.invalid/")
 
 
@@ -196,6 +188,21 @@ def test_wolfi_image_is_usr_merged_with_an_apko_db(apk_image: MakeImage, tmp_pat
     assert owners == ["wolfi-keys"]
 
 
+def test_pinned_image_has_a_tagged_repository_and_a_pinned_world(
+    apk_image: MakeImage, tmp_path: Path
+):
+    img = apk_image("alpine-pinned")
+    root = unpack(img, tmp_path / "u")
+    assert (root / "etc/apk/repositories").read_text().splitlines() == [
+        "https://apk.invalid/alpine/v3.20/main",
+        "@edge https://apk.invalid/alpine/edge/main",
+    ]
+    assert "ca-certificates-bundle@edge" in (root / "etc/apk/world").read_text().split()
+    # the pinned package's fix is edge's; the others come from main, though edge is newer
+    assert img.fixed["ca-certificates-bundle"] == "20250101-r0"
+    assert img.fixed["libssl3"] == "3.3.2-r1" and img.fixed["libcrypto3"] == "3.3.2-r1"
+
+
 def test_multilayer_image_whiteout_and_upper_db(apk_image: MakeImage, tmp_path: Path):
     img = apk_image("alpine-multilayer")
     root = unpack(img, tmp_path / "u")
@@ -224,26 +231,61 @@ def test_trivy_lists_exactly_the_installed_db(kind: str, apk_image: MakeImage, t
     assert os_names == [family]
 
 
-def test_installed_db_records_the_files_on_disk(apk_image: MakeImage, tmp_path: Path):
-    for kind in ("alpine", "wolfi"):
-        root = unpack(apk_image(kind), tmp_path / kind)
-        for block in parse_db((root / DB_PATH[kind]).read_text()):
-            assert field(block, "C").startswith("Q1")
-            directory = ""
-            for i, (k, v) in enumerate(block):
-                if k == "F":
-                    directory = v
-                    assert (root / v).is_dir(), v
-                elif k == "R":
-                    path = root / directory / v
-                    content = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
-                    z = next(val for kk, val in block[i + 1 :] if kk == "Z")
-                    assert z == q1(content), f"{kind}: {directory}/{v}"
+@pytest.mark.parametrize("kind", KINDS)
+def test_installed_db_records_the_files_on_disk(kind: str, apk_image: MakeImage, tmp_path: Path):
+    img = apk_image(kind)
+    root = unpack(img, tmp_path / "u")
+    for block in parse_db((root / img.db_path).read_text()):
+        assert field(block, "C").startswith("Q1")
+        directory = ""
+        for i, (k, v) in enumerate(block):
+            if k == "F":
+                directory = v
+                assert (root / v).is_dir(), v
+            elif k == "R":
+                path = root / directory / v
+                content = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+                z = next(val for kk, val in block[i + 1 :] if kk == "Z")
+                assert z == q1(content), f"{kind}: {directory}/{v}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_busybox_scripts_run_with_the_images_own_shell(apk_image: MakeImage, tmp_path: Path):
+    """The trigger re-creates a missing applet link; post-upgrade logs its arguments."""
+    root = unpack(apk_image("alpine"), tmp_path / "u")
+    with tarfile.open(root / "lib/apk/db/scripts.tar") as tar:
+        for m in tar:
+            if m.name.startswith("busybox-1.36.1-r28.") and m.name.endswith(("trigger", "upgrade")):
+                action = m.name.rsplit(".", 1)[1]
+                (root / "tmp" / action).write_bytes((tar.extractfile(m) or io.BytesIO()).read())
+    (root / "bin/ls").unlink()
+    chroot = ["chroot", str(root), "/bin/sh"]
+    subprocess.run([*chroot, "/tmp/trigger", "/bin", "/usr/bin"], check=True, timeout=60)
+    assert os.readlink(root / "bin/ls") == "/bin/busybox"
+    subprocess.run([*chroot, "/tmp/post-upgrade", "1.36.1-r29", "1.36.1-r28"], check=True,
+                   timeout=60)  # fmt: skip
+    assert (root / "var/log/apk-scripts.log").read_text().splitlines() == [
+        "busybox trigger /bin /usr/bin", "busybox post-upgrade 1.36.1-r29 1.36.1-r28",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_db_entries_helper_matches_the_image_and_covers_the_fixes(
+    kind: str, apk_image: MakeImage, tmp_path: Path
+):
+    img = apk_image(kind)
+    text = (unpack(img, tmp_path / "u") / img.db_path).read_text()
+    assert text == "".join(img.db_entries[f"{n}-{v}"] + "\n" for n, v in img.installed.items())
+    for name, version in img.fixed.items():
+        entry = parse_db(img.db_entries[f"{name}-{version}"])[0]
+        assert (field(entry, "P"), field(entry, "V")) == (name, version)
 
 
 def test_alpine_db_field_order_is_apk_tools(apk_image: MakeImage, tmp_path: Path):
     root = unpack(apk_image("alpine"), tmp_path / "u")
     blocks = parse_db((root / "lib/apk/db/installed").read_text())
+    names = [field(b, "P") for b in blocks]
+    assert names == sorted(names)  # apk-tools 2.14 writes the DB sorted by name
     order = "CPVASITULomtckDpirq"
     for b in blocks:
         head = [k for k, _ in b if k not in "FMRaZ"]
@@ -261,8 +303,9 @@ def test_db_letters_are_those_of_the_real_samples(apk_image: MakeImage, tmp_path
     for f in (FORMATS / "apk-installed").glob("*/installed"):
         real |= {k for b in parse_db(f.read_text(errors="replace")) for k, _ in b}
     for kind in ("alpine", "wolfi"):
-        root = unpack(apk_image(kind), tmp_path / kind)
-        ours = {k for b in parse_db((root / DB_PATH[kind]).read_text()) for k, _ in b}
+        img = apk_image(kind)
+        root = unpack(img, tmp_path / kind)
+        ours = {k for b in parse_db((root / img.db_path).read_text()) for k, _ in b}
         assert ours <= real, ours - real
 
 
@@ -289,6 +332,7 @@ def test_scripts_tar_names_the_installed_checksums(apk_image: MakeImage, tmp_pat
     ("repo", "arch", "algo", "signers"),
     [
         ("alpine/v3.20/main", "x86_64", "sha1", 1),
+        ("alpine/edge/main", "x86_64", "sha1", 1),
         ("wolfi/os", "x86_64", "sha256", 2),  # like Wolfi: one signature by a key the image lacks
         ("wolfi/os", "aarch64", "sha256", 2),
     ],
@@ -318,6 +362,16 @@ def test_index_and_packages_verify_with_openssl(
         assert f"datahash = {hashlib.sha256(data_stream).hexdigest()}\n" in pkginfo
         assert f"pkgname = {field(block, 'P')}\n" in pkginfo
         assert field(block, "A") == arch and f"arch = {arch}\n" in pkginfo
+
+
+def test_data_tar_owner_names_match_the_ids(apk_repo_server: RepoServer):
+    """apk resolves owners by name through the image's passwd/group: names must match ids."""
+    apk = apk_repo_server.root / "alpine/v3.20/main/x86_64/alpine-baselayout-data-3.6.5-r0.apk"
+    data = gzip.decompress(gzip_streams(apk.read_bytes())[2])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        shadow = tar.getmember("etc/shadow")
+        assert (shadow.uid, shadow.gid, shadow.uname, shadow.gname) == (0, 42, "root", "shadow")
+        assert shadow.mode == 0o640
 
 
 def test_index_carries_provides_and_new_dependency(apk_repo_server: RepoServer):
@@ -389,6 +443,18 @@ def test_same_spec_gives_the_same_bytes(tmp_path: Path):
         assert (a.root / rel).read_bytes() == (b.root / rel).read_bytes(), rel
 
 
+def test_whole_fixture_build_is_reproducible(tmp_path: Path):
+    bb = Busybox(b"\x7fELF not really\n", ["bin/ls", "usr/bin/awk", "sbin/ifconfig"])
+    build_all(tmp_path / "a", bb)
+    build_all(tmp_path / "b", bb)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*"))
+    for rel in files:
+        a, b = tmp_path / "a" / rel, tmp_path / "b" / rel
+        if a.is_file():
+            assert a.read_bytes() == b.read_bytes(), rel
+
+
 def test_several_index_signatures_and_unsigned_packages(tmp_path: Path):
     k1, k2 = ApkKey.from_seed("k1", 1), ApkKey.from_seed("k2", 2)
     spec = ApkSpec("hi", "1.0-r0", files=[ApkFile("/usr/bin/hi", "#!/bin/sh\n", mode=0o755)])
@@ -443,6 +509,16 @@ def test_our_apk_has_the_structure_of_real_packages(apk_repo_server: RepoServer)
 
 
 @pytest.mark.skipif(not FORMATS.is_dir(), reason="../shared/formats is not here")
+def test_the_checksum_notion_holds_on_the_real_melange_repository():
+    """C: = Q1 + base64(SHA-1 of the control stream), S: = file size: on real files."""
+    apk = FORMATS / "apk-package/melange-local-x86_64/pretend-baselayout-1.0.0-r0.apk"
+    index = apkindex(FORMATS / "apkindex/melange-local-x86_64/APKINDEX.tar.gz")
+    block = next(b for b in index if field(b, "P") == "pretend-baselayout")
+    assert field(block, "C") == q1(gzip_streams(apk.read_bytes())[1])
+    assert int(field(block, "S")) == apk.stat().st_size
+
+
+@pytest.mark.skipif(not FORMATS.is_dir(), reason="../shared/formats is not here")
 def test_our_apkindex_has_the_structure_of_real_ones(apk_repo_server: RepoServer):
     letters: set[str] = set()
     for sample in (FORMATS / "apkindex").glob("*/APKINDEX.tar.gz"):
@@ -471,6 +547,9 @@ def test_report_has_trivys_shape(kind: str, apk_image: MakeImage, apk_repo_serve
     arch = "aarch64" if kind == "static-arm64" else "x86_64"
     index = {(field(b, "P"), field(b, "V"))
              for b in apkindex(apk_repo_server.root / repo / arch / "APKINDEX.tar.gz")}  # fmt: skip
+    if kind == "alpine-pinned":
+        edge = apk_repo_server.root / "alpine/edge/main/x86_64/APKINDEX.tar.gz"
+        index |= {(field(b, "P"), field(b, "V")) for b in apkindex(edge)}
     assert result["Vulnerabilities"], "every fixture has something to fix"
     for v in result["Vulnerabilities"]:
         assert img.installed[v["PkgName"]] == v["InstalledVersion"]

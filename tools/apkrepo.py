@@ -4,11 +4,11 @@ RSA keys, the installed-database files, a loopback server and tamper helpers.
 Independent of ocipatch's apk reader (it must not import ocipatch.distro.apk): the format facts
 come from abuild/apk-tools and the samples in ../shared/formats (FORMAT-NOTES.md).
 
-    key = ApkKey.from_seed("alpine-devel@ocipatch.invalid-5e1f0c1a", seed=1)
+    key = ApkKey.from_seed("alpine-devel@ocipatch.invalid-5e1f0c1a", 1)
     pkg = build_apk(ApkSpec("hello", "1.0-r0", files=[ApkFile("/usr/bin/hello", "#!/bin/sh\\n",
                     mode=0o755)], provides=["cmd:hello=1.0-r0"]), out_dir, key)
     index = build_index(out_dir, [pkg], [key])       # out_dir/APKINDEX.tar.gz
-    with RepoServer(repo_root) as server: ...        # tools.aptrepo's loopback server
+    with serve(repo_root) as server: ...             # 127.0.0.1, a free port
 
 An .apk is three concatenated gzip streams: signature tar, control tar (`.PKGINFO` and the
 scripts), data tar. The first two are "cut" tars (no end-of-archive blocks) as abuild writes
@@ -49,6 +49,9 @@ SCRIPTS = (
 SigAlgo = Literal["RSA", "RSA256"]
 DbStyle = Literal["apk-tools", "apko"]
 BLOCK = 512
+# Names the data tars give to the ids the fixtures use (Alpine's and Chainguard's /etc/passwd).
+OWNER_NAMES = {0: "root", 65532: "nonroot"}
+GROUP_NAMES = {0: "root", 42: "shadow", 65532: "nonroot"}
 
 
 class ApkRepoError(RuntimeError):
@@ -368,6 +371,10 @@ def _data_tar(spec: ApkSpec) -> tuple[bytes, list[FileRecord], int]:
             "uid": f.uid,
             "gid": f.gid,
             "mtime": spec.builddate,
+            # apk resolves owners by these names in the image's passwd/group, so they must
+            # match the numbers (an unknown id gets no name, as tar writes it)
+            "uname": OWNER_NAMES.get(f.uid, ""),
+            "gname": GROUP_NAMES.get(f.gid, ""),
         }
         if f.kind == "dir":
             out.write(tar_header(f.rel + "/", typeflag=b"5", **owner))

@@ -9,12 +9,17 @@ Kinds:
   scripts.tar, triggers, busybox with applet links and /bin/sh, /etc/apk/{keys,repositories,
   world,arch}. Repository `https://apk.invalid/alpine/v3.20/main` (map it with --repo-mirror).
 - `wolfi`: Wolfi shaped, merged /usr (bin, lib, sbin are links into usr), apko-written DB at
-  usr/lib/apk/db/installed (P first, `i:[]`, `k:0`, empty `U:`), key wolfi-signing.rsa.pub,
-  RSA256 signatures; repository `https://apk.invalid/wolfi/os`.
+  usr/lib/apk/db/installed (P first, `i:[]`, `k:0`, empty `U:`), key wolfi-signing.rsa.pub
+  (owned by the wolfi-keys package); repository `https://apk.invalid/wolfi/os`, whose index
+  is signed with SHA-256 by that key and by one no image trusts, its packages with SHA-1.
 - `static`: Chainguard static shaped (os-release ID=chainguard): apko DB at lib/apk/db/installed,
   no shell, no apk; packages from the Wolfi repository.
 - `static-arm64`: the same for arm64 (/etc/apk/arch aarch64, the repository's aarch64 index).
 - `alpine-static`: distroless Alpine: apk-tools DB at lib/apk/db/installed, no busybox, no apk.
+- `alpine-pinned`: the alpine image whose /etc/apk/repositories adds
+  `@edge https://apk.invalid/alpine/edge/main` and whose world says
+  `ca-certificates-bundle@edge`: that package's fix comes from edge, the rest from main (edge
+  also has newer libcrypto3/libssl3, which must not be chosen).
 - `alpine-multilayer`: the `alpine` layer, then a layer that adds zlib (installed DB, scripts.tar
   rewritten in that layer) and deletes /etc/motd (a whiteout).
 
@@ -59,24 +64,39 @@ from tools.apkrepo import (
     build_repo,
     gz,
     installed_db,
+    installed_entry,
     scripts_tar,
     triggers_file,
 )
 from tools.debian_rootfs import CACHE_DIR
 
-Kind = Literal["alpine", "wolfi", "static", "static-arm64", "alpine-static", "alpine-multilayer"]
+Kind = Literal[
+    "alpine", "wolfi", "static", "static-arm64", "alpine-static", "alpine-multilayer",
+    "alpine-pinned",
+]  # fmt: skip
 KINDS: tuple[Kind, ...] = (
     "alpine", "wolfi", "static", "static-arm64", "alpine-static", "alpine-multilayer",
+    "alpine-pinned",
 )  # fmt: skip
 ARCH = "x86_64"  # apk's name; the OCI config says amd64
 OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+DB_PATHS: dict[Kind, str] = {
+    "alpine": "lib/apk/db/installed",
+    "alpine-multilayer": "lib/apk/db/installed",
+    "alpine-static": "lib/apk/db/installed",
+    "alpine-pinned": "lib/apk/db/installed",
+    "wolfi": "usr/lib/apk/db/installed",  # apko on a usr-merged root
+    "static": "lib/apk/db/installed",
+    "static-arm64": "lib/apk/db/installed",
+}
 CREATED = "2023-11-14T22:13:20Z"  # BUILDDATE as RFC 3339
 MIRROR_BASE = "https://apk.invalid"
 ALPINE_REPO = "alpine/v3.20/main"
+EDGE_REPO = "alpine/edge/main"  # tagged @edge in the alpine-pinned image
 WOLFI_REPO = "wolfi/os"
 ALPINE_KEY = "alpine-devel@ocipatch.invalid-6165ee59"
 WOLFI_KEY = "wolfi-signing"
-FORMAT_VERSION = "apk-v1"
+FORMAT_VERSION = "apk-v2"
 
 
 class ApkImageError(RuntimeError):
@@ -260,6 +280,31 @@ def alpine_base_specs(common: dict[str, Any]) -> list[ApkSpec]:
     ]  # fmt: skip
 
 
+def edge_specs() -> list[ApkSpec]:
+    """Newer versions in a second repository: chosen only for a world entry pinned `@edge`."""
+    common: dict[str, Any] = {"arch": ARCH, "maintainer": "Natanael Copa <ncopa@ocipatch.invalid>"}
+    musl_so, ver, ca_ver = "so:libc.musl-x86_64.so.1", "3.4.0-r0", "20250101-r0"
+    return [
+        ApkSpec("libcrypto3", ver, **common, origin="openssl", license="Apache-2.0",
+                description="Crypto library from openssl",
+                files=[_lib("/usr/lib/libcrypto.so.3", f"libcrypto {ver}"),
+                       ApkFile("/etc/ssl/openssl.cnf", f"# openssl.cnf {ver}\n")],
+                depends=[musl_so], provides=["so:libcrypto.so.3=3"], provider_priority=100),
+        ApkSpec("libssl3", ver, **common, origin="openssl", license="Apache-2.0",
+                description="SSL shared libraries",
+                files=[_lib("/usr/lib/libssl.so.3", f"libssl {ver}")],
+                depends=[musl_so, "so:libcrypto.so.3"], provides=["so:libssl.so.3=3"],
+                provider_priority=100),
+        ApkSpec("ca-certificates-bundle", ca_ver, **common, origin="ca-certificates",
+                description="Pre generated bundle of Mozilla certificates",
+                license="MPL-2.0 AND MIT", replaces=["libcrypto1.1"],
+                files=[ApkFile("/etc/ssl/certs/ca-certificates.crt", _bundle(ca_ver)),
+                       ApkFile("/etc/ssl/cert.pem", kind="symlink",
+                               target="certs/ca-certificates.crt")],
+                provides=[f"ca-certificates-cacert={ca_ver}"]),
+    ]  # fmt: skip
+
+
 def _bundle(version: str) -> str:
     return f"# ca-certificates {version}\n-----BEGIN CERTIFICATE-----\nMIIB{version}\n" \
            "-----END CERTIFICATE-----\n"  # fmt: skip
@@ -358,6 +403,7 @@ class ApkRepos:
 
     root: Path
     alpine: ApkRepo
+    alpine_edge: ApkRepo
     wolfi: ApkRepo
     wolfi_arm64: ApkRepo  # the same repository's aarch64 index and packages
     keys_dir: Path  # <name>.rsa.pub and <name>.key of both keys
@@ -397,6 +443,8 @@ def build_repos(root: Path, bb: Busybox) -> ApkRepos:
         root, ALPINE_REPO, alpine_specs(bb, 1) + alpine_specs(bb, 2), [akey],
         arch=ARCH, algo="RSA", description="v3.20.3-0-gocipatch",
     )  # fmt: skip
+    edge = build_repo(root, EDGE_REPO, edge_specs(), [akey], arch=ARCH,
+                      description="v20250101-0-gocipatch")  # fmt: skip
     # Like Wolfi's index: several signatures, only one by a key the images trust; packages
     # signed with SHA-1 (as melange's hello-wolfi sample), the index with SHA-256.
     extra = other_key()
@@ -413,7 +461,7 @@ def build_repos(root: Path, bb: Busybox) -> ApkRepos:
     for k in (akey, wkey, extra):
         k.write_public(keys)
         k.write_private(keys)
-    return ApkRepos(root, alpine, wolfi, wolfi_arm64, keys)
+    return ApkRepos(root, alpine, edge, wolfi, wolfi_arm64, keys)
 
 
 # --- root filesystems ---------------------------------------------------------------------------
@@ -449,11 +497,16 @@ def _apk_config(
     tree.text("/etc/apk/arch", arch + "\n")
 
 
-def _apk_db(tree: Tree, db_dir: str, pkgs: Sequence[BuiltApk], style: DbStyle) -> None:
+def _apk_db(tree: Tree, db_dir: str, pkgs: list[BuiltApk], style: DbStyle) -> list[BuiltApk]:
+    """Write the DB files; returns the packages in DB order. apk-tools 2.14 (Alpine 3.19+)
+    writes installed, scripts.tar and triggers sorted by package name; apko keeps its order."""
+    if style == "apk-tools":
+        pkgs = sorted(pkgs, key=lambda p: (p.name.lower(), p.name))
     tree.text(f"{db_dir}/installed", installed_db(pkgs, style))
     tree.text(f"{db_dir}/scripts.tar", scripts_tar(pkgs))
     tree.text(f"{db_dir}/triggers", triggers_file(pkgs))
     tree.text(f"{db_dir}/lock", b"", mode=0o600)
+    return pkgs
 
 
 ALPINE_INSTALLED = (
@@ -492,8 +545,21 @@ def alpine_tree(repos: ApkRepos, bb: Busybox) -> tuple[Tree, list[BuiltApk]]:
     tree.text("/etc/motd", "Welcome to Alpine!\n")
     tree.text("/etc/hostname", "localhost\n")
     _apk_config(tree, alpine_key(), repos.alpine.url(MIRROR_BASE), ALPINE_WORLD)
-    _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
+    pkgs = _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
     tree.add(ApkFile("/var/cache/apk", kind="dir"))
+    return tree, pkgs
+
+
+PINNED = "ca-certificates-bundle"
+
+
+def alpine_pinned_tree(repos: ApkRepos, bb: Busybox) -> tuple[Tree, list[BuiltApk]]:
+    """The alpine image with a second repository tagged @edge and one world entry pinned to it."""
+    tree, pkgs = alpine_tree(repos, bb)
+    lines = [repos.alpine.url(MIRROR_BASE), "@edge " + repos.alpine_edge.url(MIRROR_BASE)]
+    tree.text("/etc/apk/repositories", "".join(f"{ln}\n" for ln in lines))
+    world = sorted(f"{w}@edge" if w == PINNED else w for w in ALPINE_WORLD)
+    tree.text("/etc/apk/world", "".join(f"{w}\n" for w in world))
     return tree, pkgs
 
 
@@ -510,7 +576,7 @@ def wolfi_tree(repos: ApkRepos) -> tuple[Tree, list[BuiltApk]]:
     for p in pkgs:
         tree.add_package(p)
     _apk_config(tree, wolfi_key(), repos.wolfi.url(MIRROR_BASE), ["wolfi-base", "busybox"])
-    _apk_db(tree, "/usr/lib/apk/db", pkgs, "apko")
+    pkgs = _apk_db(tree, "/usr/lib/apk/db", pkgs, "apko")
     return tree, pkgs
 
 
@@ -521,7 +587,7 @@ def static_tree(repos: ApkRepos, arm64: bool = False) -> tuple[Tree, list[BuiltA
     for p in pkgs:
         tree.add_package(p)
     _apk_config(tree, wolfi_key(), repo.url(MIRROR_BASE), STATIC_INSTALLED, repo.arch)
-    _apk_db(tree, "/lib/apk/db", pkgs, "apko")
+    pkgs = _apk_db(tree, "/lib/apk/db", pkgs, "apko")
     return tree, pkgs
 
 
@@ -532,7 +598,7 @@ def alpine_static_tree(repos: ApkRepos) -> tuple[Tree, list[BuiltApk]]:
     for p in pkgs:
         tree.add_package(p)
     _apk_config(tree, alpine_key(), repos.alpine.url(MIRROR_BASE), ALPINE_STATIC_INSTALLED)
-    _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
+    pkgs = _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
     return tree, pkgs
 
 
@@ -543,7 +609,7 @@ def multilayer_upper(repos: ApkRepos, base_pkgs: list[BuiltApk]) -> tuple[Tree, 
     tree = Tree()
     tree.add_package(zlib)
     tree.text("/etc/apk/world", "".join(f"{w}\n" for w in sorted([*ALPINE_WORLD, "zlib"])))
-    _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
+    pkgs = _apk_db(tree, "/lib/apk/db", pkgs, "apk-tools")
     tree.whiteouts.append("etc/motd")
     return tree, pkgs
 
@@ -644,20 +710,21 @@ OS_INFO = {
     "static": ("chainguard", "20230214"),
     "static-arm64": ("chainguard", "20230214"),
     "alpine-static": ("alpine", "3.20.3"),
+    "alpine-pinned": ("alpine", "3.20.3"),
 }
 
 
 def trivy_report(
-    kind: Kind, installed: Sequence[BuiltApk], repo: ApkRepo, layers: Sequence[Layer],
-    artifact: str = "",
+    kind: Kind, installed: Sequence[BuiltApk], available: Sequence[BuiltApk],
+    layers: Sequence[Layer], arch: str = ARCH, artifact: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     """A Trivy JSON report (SchemaVersion 2) with a fixed vulnerability for each installed
-    package that the repository has a newer version of (FixedVersion = that version)."""
+    package that `available` has another version of (FixedVersion = the last one listed)."""
     family, os_name = OS_INFO[kind]
     artifact = artifact or f"ocipatch-test/{kind}:latest"
     vulns = []
     for n, pkg in enumerate(installed):
-        newer = [p for p in repo.packages if p.name == pkg.name and p.version != pkg.version]
+        newer = [p for p in available if p.name == pkg.name and p.version != pkg.version]
         if not newer:
             continue
         fixed = newer[-1].version
@@ -667,7 +734,7 @@ def trivy_report(
             "PkgID": f"{pkg.name}@{pkg.version}",
             "PkgName": pkg.name,
             "PkgIdentifier": {
-                "PURL": f"pkg:apk/{family}/{pkg.name}@{pkg.version}?arch={repo.arch}{distro}",
+                "PURL": f"pkg:apk/{family}/{pkg.name}@{pkg.version}?arch={arch}{distro}",
             },
             "InstalledVersion": pkg.version,
             "FixedVersion": fixed,
@@ -709,9 +776,13 @@ class ApkImage:
     repo_root: Path  # serve this (or use file://); images name MIRROR_BASE/<repo>
     repo_url: str  # the image's /etc/apk/repositories line
     keys_dir: Path
-    installed: dict[str, str]  # name -> version in the image's installed DB
+    installed: dict[str, str]  # name -> version, in the order of the image's installed DB
     fixed: dict[str, str]  # name -> version the report asks for
     report: Path
+    db_path: str  # the installed DB, relative to the root
+    # "<name>-<version>" -> that package's installed-DB block, as apk-tools (alpine kinds) or
+    # apko (the others) writes it: what a patched image's DB should hold for it
+    db_entries: dict[str, str]
 
     def mirror_arg(self, url: str) -> str:
         """`--repo-mirror` value mapping the image's fake base URL to `url` (a served root)."""
@@ -730,10 +801,10 @@ def _cache_key(deb: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_all(target: Path, bb: Busybox) -> None:
+def build_all(target: Path, bb: Busybox) -> None:
     """Repository tree, every layout and its report, into `target` (atomically)."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="build-apk-", dir=CACHE_DIR) as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="build-apk-", dir=target.parent) as tmp:
         work = Path(tmp) / "out"
         repos = build_repos(work / "repo", bb)
         meta: dict[str, Any] = {}
@@ -744,6 +815,7 @@ def _build_all(target: Path, bb: Busybox) -> None:
         s_tree, s_pkgs = static_tree(repos)
         s64_tree, s64_pkgs = static_tree(repos, arm64=True)
         as_tree, as_pkgs = alpine_static_tree(repos)
+        p_tree, p_pkgs = alpine_pinned_tree(repos, bb)
         plans: list[tuple[Kind, list[Layer], list[BuiltApk], ApkRepo, list[str], list[str]]] = [
             ("alpine", [base], a_pkgs, repos.alpine, ["apk-fixture alpine"], ["/bin/sh"]),
             ("alpine-multilayer", [base, make_layer(up_tree)], up_pkgs, repos.alpine,
@@ -754,22 +826,38 @@ def _build_all(target: Path, bb: Busybox) -> None:
              ["apko static (arm64)"], []),
             ("alpine-static", [make_layer(as_tree)], as_pkgs, repos.alpine,
              ["distroless alpine"], []),
+            ("alpine-pinned", [make_layer(p_tree)], p_pkgs, repos.alpine,
+             ["apk-fixture alpine, world pins ca-certificates-bundle@edge"], ["/bin/sh"]),
         ]  # fmt: skip
         for kind, layers, pkgs, repo, history, cmd in plans:
             write_layout(work / kind, layers, history, cmd, repo.arch)
-            report = trivy_report(kind, pkgs, repo, layers)
+            available = list(repo.packages)
+            if kind == "alpine-pinned":  # what the pin makes apk choose
+                available += [p for p in repos.alpine_edge.packages if p.name == PINNED]
+            report = trivy_report(kind, pkgs, available, layers, repo.arch)
             (work / f"{kind}.report.json").write_text(json.dumps(report, indent=2) + "\n")
             fixed = {v["PkgName"]: v["FixedVersion"]
                      for v in report["Results"][0]["Vulnerabilities"]}  # fmt: skip
+            style: DbStyle = "apko" if repo is not repos.alpine else "apk-tools"
             meta[kind] = {
                 "installed": {p.name: p.version for p in pkgs},
                 "fixed": fixed,
                 "repo_url": repo.url(MIRROR_BASE),
+                "db_style": style,
+                # what the DB block of each repository package looks like once installed
+                "db_entries": {
+                    f"{p.name}-{p.version}": installed_entry(p, style) for p in available
+                },
             }
-        (work / "fixtures.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        work.rename(target)
+        (work / "fixtures.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if target.exists() and not (target / "fixtures.json").exists():
+            shutil.rmtree(target)  # a partial tree from an interrupted older build
+        try:
+            work.rename(target)  # atomic: readers see all of it or nothing
+        except OSError:
+            if not (target / "fixtures.json").exists():
+                raise
+            # Another process finished first; the output is deterministic, keep theirs.
 
 
 def cached_fixtures() -> Path:
@@ -777,7 +865,7 @@ def cached_fixtures() -> Path:
     deb = busybox_deb()
     target = CACHE_DIR / f"apk-fixtures-{_cache_key(deb)}"
     if not (target / "fixtures.json").exists():
-        _build_all(target, load_busybox(deb))
+        build_all(target, load_busybox(deb))
     return target
 
 
@@ -800,6 +888,8 @@ def build_apk_image(out: Path, kind: Kind, tag: str = "latest") -> ApkImage:
         installed=meta["installed"],
         fixed=meta["fixed"],
         report=cache / f"{kind}.report.json",
+        db_path=DB_PATHS[kind],
+        db_entries=meta["db_entries"],
     )
 
 
