@@ -354,3 +354,17 @@ def test_file_meta_from_data_tars(tmp_path: Path, apk_repo_server: RepoServer) -
     meta = file_meta([apk])
     assert meta["bin/busybox"] == (0, 0, 0o755, meta["bin/busybox"][3])
     assert all(not p.startswith(".") for p in meta)
+
+
+def test_pinned_repository_is_used_only_for_the_pinned_package(
+    apk_image: MakeImage, apk_repo_server: RepoServer, tmp_path: Path
+) -> None:
+    run = do_patch(apk_image("alpine-pinned"), apk_repo_server, tmp_path, None)
+    updated = {n: v for n, _, v in run.outcome.updated}
+    assert updated["ca-certificates-bundle"] == "20250101-r0"  # world: ca-certificates-bundle@edge
+    assert updated["libcrypto3"] == "3.3.2-r1" and updated["libssl3"] == "3.3.2-r1"  # not edge's
+    ca = next(i for i in run.plan.updates if i.name == "ca-certificates-bundle")
+    assert ca.required is not None and ca.available == "20250101-r0"
+    check_db_is_the_disk(run)
+    check_package_files(run)
+    check_db_files_stable(run)
