@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ocipatch.distro.apk.records import Record, checksum_is_valid
 from ocipatch.distro.apk.signing import (
+    GzipStream,
     Signature,
     TrustedKeys,
     is_signature_stream,
@@ -89,15 +90,20 @@ def _index_tar(content: bytes, source: str) -> dict[str, bytes]:
     return members
 
 
-def parse_index(data: bytes, source: str = "APKINDEX.tar.gz") -> ApkIndex:
-    """Parse without verifying. Damaged content raises IntegrityError."""
+def _envelope(data: bytes, source: str) -> tuple[list[Signature], bytes, list[GzipStream]]:
+    """(signatures, the bytes they sign, the content streams)."""
     streams = split_gzip_streams(data, source)
     signatures: list[Signature] = []
     while len(streams) > 1 and is_signature_stream(streams[0]):
         signatures.extend(read_signatures(streams.pop(0)))
     if not streams:
         raise IntegrityError(f"{source}: empty file, not an APKINDEX.tar.gz")
-    signed = data[streams[0].offset :]
+    return signatures, data[streams[0].offset :], streams
+
+
+def parse_index(data: bytes, source: str = "APKINDEX.tar.gz") -> ApkIndex:
+    """Parse without verifying. Damaged content raises IntegrityError."""
+    signatures, signed, streams = _envelope(data, source)
     members = _index_tar(b"".join(s.content for s in streams), source)
     if "APKINDEX" not in members:
         raise IntegrityError(f"{source}: no APKINDEX member; not an apk repository index")
@@ -120,7 +126,11 @@ def verify_index(index: ApkIndex, keys: TrustedKeys) -> Signature:
 
 def read_index(data: bytes, source: str, keys: TrustedKeys, *, insecure: bool = False) -> ApkIndex:
     """Parse an APKINDEX.tar.gz and verify its signature (skipped only with insecure=True)."""
+    if not insecure:
+        # The signature first: a tampered index is reported as such, and never parsed.
+        signatures, signed, _ = _envelope(data, source)
+        sig = verify_signatures(signatures, signed, keys, f"index {source}")
     index = parse_index(data, source)
     if not insecure:
-        verify_index(index, keys)
+        index.verified_by = sig.key_name
     return index

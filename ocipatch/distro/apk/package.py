@@ -45,6 +45,7 @@ __all__ = [
     "DataEntry",
     "installed_package",
     "read_apk",
+    "recorded_member",
     "script_entries",
     "verify_checksum",
     "verify_datahash",
@@ -361,6 +362,18 @@ def _safe_name(name: str) -> bool:
         and "." not in parts
         and ".." not in parts
         and not any(ord(c) < 32 or c == "\x7f" for c in name)
+    )
+
+
+def recorded_member(name: str) -> bool:
+    """Whether apk installs and records the data tar member `name` (see installed_package)."""
+    name = name.rstrip("/")
+    base = name.rpartition("/")[2]
+    return (
+        bool(name)
+        and not name.startswith(".")
+        and _safe_name(name)
+        and not base.startswith(".keep_")
     )
 
 
