@@ -15,6 +15,7 @@ tests/test_rpm_version.py holds the cases.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = ["Evr", "compare_evr", "dep_matches", "rpmvercmp", "split_evr"]
 
@@ -35,7 +36,10 @@ def _span(s: str, i: int, chars: frozenset[str]) -> int:
     return i
 
 
-def _cmp(a: str, b: str) -> int:
+_T = TypeVar("_T", int, str)
+
+
+def _cmp(a: _T, b: _T) -> int:
     return (a > b) - (a < b)
 
 
@@ -134,7 +138,7 @@ def compare_evr(a: Evr | str, b: Evr | str, *, release_optional: bool = False) -
     if ea.release is None or eb.release is None:
         if release_optional:
             return 0
-        return _cmp(ea.release is not None, eb.release is not None)
+        return _cmp(int(ea.release is not None), int(eb.release is not None))
     return rpmvercmp(ea.release, eb.release)
 
 
