@@ -19,7 +19,6 @@ See docs/rpm.md for the epoch convention of the manifests.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import struct
 import tempfile
@@ -80,9 +79,23 @@ def _fail(where: str, what: str) -> ImageFormatError:
 
 
 def read_sqlite(path: Path, where: str | None = None) -> Iterator[tuple[int, bytes]]:
-    """(hnum, blob) of every row of `Packages`, opened read-only and immutable."""
+    """(hnum, blob) of every row of `Packages`, opened read-only and immutable.
+
+    Immutable means SQLite ignores a `-wal` file; rpm checkpoints on close, so one that
+    holds frames is a db left mid-transaction. Then the db and its WAL are copied to a
+    private directory and read there, so the committed frames count and the image's files
+    are still not touched.
+    """
     where = where or str(path)
-    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        return _read_sqlite_bytes(path.read_bytes(), where, wal.read_bytes())
+    return iter(_sqlite_rows(path, where, immutable=True))
+
+
+def _sqlite_rows(path: Path, where: str, immutable: bool) -> list[tuple[int, bytes]]:
+    quoted = urllib.parse.quote(str(path.resolve()))
+    uri = f"file:{quoted}?mode=ro&immutable=1" if immutable else f"file:{quoted}?mode=rw"
     try:
         con = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as e:
@@ -96,7 +109,19 @@ def read_sqlite(path: Path, where: str | None = None) -> Iterator[tuple[int, byt
     for hnum, blob in rows:
         if not isinstance(blob, bytes) or not isinstance(hnum, int):
             raise _fail(where, f"row {hnum}: the blob is not binary")
-        yield hnum, blob
+    return rows
+
+
+def _read_sqlite_bytes(
+    data: bytes, where: str, wal: bytes | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """The rows of a db given as bytes (and its WAL's), read from a private copy."""
+    with tempfile.TemporaryDirectory(prefix="ocipatch-rpmdb-") as tmp:
+        copy = Path(tmp) / "rpmdb.sqlite"
+        copy.write_bytes(data)
+        if wal:
+            copy.with_name("rpmdb.sqlite-wal").write_bytes(wal)
+        return iter(_sqlite_rows(copy, where, immutable=not wal))
 
 
 # --- BerkeleyDB hash ---------------------------------------------------------------------------
@@ -288,15 +313,15 @@ def read_blobs(backend: str, data: bytes, where: str) -> list[tuple[int, bytes]]
     return list(readers[backend](data, where))
 
 
-def _read_sqlite_bytes(data: bytes, where: str) -> Iterator[tuple[int, bytes]]:
-    # sqlite3 reads files only: a private copy, removed at once.
-    fd, name = tempfile.mkstemp(prefix="ocipatch-rpmdb-", suffix=".sqlite")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return iter(list(read_sqlite(Path(name), where)))
-    finally:
-        os.unlink(name)
+def _view_blobs(view: Reader, location: DbLocation) -> list[tuple[int, bytes]]:
+    data = view.read_file(location.path)
+    if data is None:
+        raise _fail(location.path, "listed but unreadable")
+    if location.backend == "sqlite":
+        wal_path = location.path + "-wal"
+        wal = view.read_file(wal_path) if view.exists(wal_path) else None
+        return list(_read_sqlite_bytes(data, location.path, wal))
+    return read_blobs(location.backend, data, location.path)
 
 
 @dataclass
@@ -357,12 +382,7 @@ def read_installed(view: Reader) -> InstalledRpms | None:
     """
     location = find_rpmdb(view)
     if location is not None:
-        data = view.read_file(location.path)
-        if data is None:
-            raise _fail(location.path, "listed but unreadable")
-        packages, keys = packages_of(
-            read_blobs(location.backend, data, location.path), location.path
-        )
+        packages, keys = packages_of(_view_blobs(view, location), location.path)
         return InstalledRpms(packages, location, None, keys)
     for path in MANIFEST_PATHS:
         data = view.read_file(path) if view.exists(path) else None
