@@ -20,7 +20,9 @@ FORMATS = next(
 needs_formats = pytest.mark.skipif(not FORMATS.is_dir(), reason="shared format samples not present")
 RPM, RPMBUILD, DB_LOAD = shutil.which("rpm"), shutil.which("rpmbuild"), shutil.which("db5.3_load")
 needs_rpm = pytest.mark.skipif(RPM is None, reason="rpm not installed")
-needs_rpmbuild = pytest.mark.skipif(RPMBUILD is None or RPM is None, reason="rpmbuild not installed")
+needs_rpmbuild = pytest.mark.skipif(
+    RPMBUILD is None or RPM is None, reason="rpmbuild not installed"
+)
 needs_db_load = pytest.mark.skipif(DB_LOAD is None, reason="db5.3-util not installed")
 
 NEVRA = tuple[str, int | None, str, str, str | None]

@@ -127,7 +127,7 @@ def _read_sqlite_bytes(
 # --- BerkeleyDB hash ---------------------------------------------------------------------------
 
 _HASH_MAGIC = 0x061561
-_P_HASH_UNSORTED, _P_OVERFLOW, _P_HASHMETA, _P_HASH = 2, 7, 8, 13
+_P_INVALID, _P_HASH_UNSORTED, _P_OVERFLOW, _P_HASHMETA, _P_HASH = 0, 2, 7, 8, 13
 _H_KEYDATA, _H_DUPLICATE, _H_OFFPAGE, _H_OFFDUP = 1, 2, 3, 4
 _PAGE_HEADER = 26  # lsn 8, pgno, prev, next (4 each), entries, hf_offset (2 each), level, type
 
@@ -202,6 +202,8 @@ class _Bdb:
                 seen.add(pgno)
                 page = self.page(pgno)
                 nxt, entries, _, ptype = self.header(page)
+                if ptype == _P_INVALID and not entries and not nxt:
+                    break  # a bucket page allocated but never written: an empty bucket
                 if ptype not in (_P_HASH, _P_HASH_UNSORTED):
                     raise _fail(self.where, f"page {pgno} of a bucket is of type {ptype}")
                 if _PAGE_HEADER + 2 * entries > self.pagesize or entries % 2:
@@ -492,6 +494,13 @@ def parse_nevra(text: str) -> ManifestEntry:
     return ManifestEntry(name=name, version=version, release=release, epoch=epoch, arch=arch)
 
 
+def _is_gpg_pubkey(fields: list[str]) -> bool:
+    """A key's pseudo package: named gpg-pubkey, `gpg-pubkey-<keyid>-<date>` in -1 (no arch)."""
+    if len(fields) > 1:
+        return fields[0] == "gpg-pubkey"
+    return fields[0].startswith("gpg-pubkey-") and fields[0].count("-") == 3
+
+
 def read_manifest(data: bytes, path: str = MANIFEST_PATHS[0]) -> list[ManifestEntry]:
     """container-manifest-2 (10 tab-separated fields) or -1 (NEVRA lines), gpg-pubkey skipped.
 
@@ -507,6 +516,8 @@ def read_manifest(data: bytes, path: str = MANIFEST_PATHS[0]) -> list[ManifestEn
         if not line.strip():
             continue
         fields = line.split("\t")
+        if _is_gpg_pubkey(fields):
+            continue
         if len(fields) == 10:
             entry = _manifest2_line(fields, where)
         elif len(fields) == 1:
@@ -516,6 +527,5 @@ def read_manifest(data: bytes, path: str = MANIFEST_PATHS[0]) -> list[ManifestEn
                 raise _fail(where, str(e)) from None
         else:
             raise _fail(where, f"{len(fields)} tab-separated fields (expected 10, or one NEVRA)")
-        if entry.name != "gpg-pubkey":
-            out.append(entry)
+        out.append(entry)
     return out
