@@ -84,7 +84,8 @@ def test_sample_gpg_pubkeys_are_set_apart() -> None:
     sles = next(d for d in DB_SAMPLES if d.name == "sles-12sp4-fossa")
     db = read_db_file(db_file(sles))
     assert [k.name for k in db.gpg_pubkeys] == ["gpg-pubkey", "gpg-pubkey"]
-    assert all(k.arch is None and k.sourcerpm is None for k in db.gpg_pubkeys)
+    # no arch; SUSE's older rpm wrote the literal SOURCERPM "(none)"
+    assert all(k.arch is None and k.source_name is None for k in db.gpg_pubkeys)
     assert all(not p.is_gpg_pubkey for p in db.packages)
 
 
