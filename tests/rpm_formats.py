@@ -18,12 +18,15 @@ FORMATS = next(
     ROOT.parent / "shared" / "formats",
 )
 needs_formats = pytest.mark.skipif(not FORMATS.is_dir(), reason="shared format samples not present")
-RPM, RPMBUILD, DB_LOAD = shutil.which("rpm"), shutil.which("rpmbuild"), shutil.which("db5.3_load")
+RPM, RPMBUILD = shutil.which("rpm"), shutil.which("rpmbuild")
+DB_LOAD, DB_DUMP = shutil.which("db5.3_load"), shutil.which("db5.3_dump")
 needs_rpm = pytest.mark.skipif(RPM is None, reason="rpm not installed")
 needs_rpmbuild = pytest.mark.skipif(
     RPMBUILD is None or RPM is None, reason="rpmbuild not installed"
 )
-needs_db_load = pytest.mark.skipif(DB_LOAD is None, reason="db5.3-util not installed")
+needs_db_load = pytest.mark.skipif(
+    DB_LOAD is None or DB_DUMP is None, reason="db5.3-util not installed"
+)
 
 NEVRA = tuple[str, int | None, str, str, str | None]
 
@@ -145,11 +148,17 @@ def rpm_qa(dbdir: Path, backend: str) -> list[NEVRA]:
 
 
 def bdb_from_blobs(
-    target: Path, blobs: list[tuple[int, bytes]], order: str = "<", pagesize: int = 4096
+    target: Path,
+    blobs: list[tuple[int, bytes]],
+    order: str = "<",
+    pagesize: int = 4096,
+    ffactor: int = 0,
 ) -> Path:
     """A BerkeleyDB hash `Packages` written by the real Berkeley DB (db_load), as rpm's bdb
     backend lays it out: 4-byte record number keys in the db's byte order, header blobs."""
     lines = ["VERSION=3", "format=bytevalue", "type=hash", f"db_pagesize={pagesize}"]
+    if ffactor:  # items per bucket: 1 makes a bucket (and a spares entry) per package
+        lines.append(f"h_ffactor={ffactor}")
     lines += ["HEADER=END"]
     for hnum, blob in blobs:
         lines += [" " + struct.pack(order + "I", hnum).hex(), " " + blob.hex()]
@@ -163,3 +172,12 @@ def bdb_from_blobs(
         capture_output=True,
     )
     return target
+
+
+def bdb_dump(path: Path) -> list[tuple[bytes, bytes]]:
+    """Every key/value pair of a BerkeleyDB file, as the real Berkeley DB (db_dump) reads it."""
+    out = subprocess.run([str(DB_DUMP), str(path)], check=True, capture_output=True, text=True)
+    body = out.stdout.split("HEADER=END\n", 1)[1].split("DATA=END", 1)[0].split()
+    return [
+        (bytes.fromhex(k), bytes.fromhex(v)) for k, v in zip(body[::2], body[1::2], strict=True)
+    ]

@@ -100,6 +100,8 @@ class Header:
     where: str = "rpm header"
     # Bytes the blob took (8-byte magic not included), to find what follows it in a file.
     size: int = 0
+    # The blob itself, as a db stores it (to copy into another db).
+    blob: bytes = field(default=b"", repr=False)
 
     def has(self, tag: int) -> bool:
         return tag in self.entries
@@ -191,7 +193,8 @@ def parse_header(blob: bytes, where: str = "rpm header", offset: int = 0) -> Hea
         if i == 0 and tag in REGION_TAGS:
             continue
         entries[tag] = Entry(tag, typ, off, count)
-    return Header(data=data, entries=entries, where=where, size=8 + 16 * il + dl)
+    size = 8 + 16 * il + dl
+    return Header(data, entries, where, size, blob[offset : offset + size])
 
 
 # --- the package record -------------------------------------------------------------------------
