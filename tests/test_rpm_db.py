@@ -20,6 +20,7 @@ import pytest
 
 from ocipatch.distro.rpm.db import (
     DbLocation,
+    RootDir,
     find_rpmdb,
     manifest_epoch,
     packages_of,
@@ -411,3 +412,38 @@ def test_every_sample_as_a_many_bucket_bdb(sample: Path, order: str, tmp_path: P
     # fails on a db whose bucket 0 page was never written, which this layout can give)
     real = sorted((struct.unpack(order + "I", k)[0], v) for k, v in bdb_dump(target))
     assert sorted(read_bdb(target.read_bytes())) == real
+
+
+@needs_formats
+def test_unpacked_root_with_an_absolute_symlink(tmp_path: Path) -> None:
+    """`var/lib/rpm -> /usr/lib/sysimage/rpm` is followed inside the root, not on the host."""
+    sample = next(d for d in DB_SAMPLES if (d / "Packages.db").exists())
+    root = tmp_path / "root"
+    (root / "usr/lib/sysimage/rpm").mkdir(parents=True)
+    shutil.copy(sample / "Packages.db", root / "usr/lib/sysimage/rpm/Packages.db")
+    (root / "var/lib").mkdir(parents=True)
+    (root / "var/lib/rpm").symlink_to("/usr/lib/sysimage/rpm")
+    found = read_installed(RootDir(root))
+    assert found is not None and found.location is not None
+    assert found.location.path == "var/lib/rpm/Packages.db"
+    assert nevras(found.packages) == nevras(read_db_file(sample / "Packages.db").packages)
+    escape = tmp_path / "escape"
+    (escape / "var/lib").mkdir(parents=True)
+    (escape / "var/lib/rpm").symlink_to(str(root / "usr/lib/sysimage/rpm"))  # a host path
+    assert read_installed(RootDir(escape)) is None
+
+
+@needs_formats
+def test_view_with_a_pending_wal(tmp_path: Path) -> None:
+    sample = next(d for d in DB_SAMPLES if (d / "rpmdb.sqlite").exists())
+    frozen = _pending_wal(tmp_path, sample / "rpmdb.sqlite")
+    view = _view(
+        {
+            "var/lib/rpm/rpmdb.sqlite": frozen.read_bytes(),
+            "var/lib/rpm/rpmdb.sqlite-wal": frozen.with_name("rpmdb.sqlite-wal").read_bytes(),
+        }
+    )
+    found = read_installed(view)
+    assert found is not None
+    assert found.packages[-1].record == 999
+    assert len(found.packages) == len(read_db_file(sample / "rpmdb.sqlite").packages) + 1

@@ -19,7 +19,9 @@ See docs/rpm.md for the epoch convention of the manifests.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import struct
 import tempfile
 import urllib.parse
@@ -30,6 +32,7 @@ from typing import Protocol
 
 from ocipatch.distro.rpm.header import Package, parse_header
 from ocipatch.errors import ImageFormatError
+from ocipatch.fs import rootpath
 
 __all__ = [
     "DB_DIRS",
@@ -38,6 +41,7 @@ __all__ = [
     "DbLocation",
     "InstalledRpms",
     "ManifestEntry",
+    "RootDir",
     "find_rpmdb",
     "manifest_epoch",
     "packages_of",
@@ -61,6 +65,35 @@ MANIFEST_PATHS = (
     "var/lib/rpmmanifest/container-manifest-1",
 )
 _FIX = "the image's rpm database is damaged; rebuild the image or restore the file"
+
+
+class RootDir:
+    """An unpacked root on disk as a Reader: symlinks resolved inside the root (an image's
+    absolute `/var/lib/rpm -> /usr/lib/sysimage/rpm` never reaches the host's files)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _real(self, path: str) -> str | None:
+        try:
+            return rootpath.resolve(rootpath.DiskTree(self.root), path)
+        except rootpath.RootPathError:
+            raise _fail(f"/{path}", "too many symlinks") from None
+
+    def exists(self, path: str) -> bool:
+        real = self._real(path)
+        return real is not None and (real == "" or os.path.lexists(self.root / real))
+
+    def read_file(self, path: str) -> bytes | None:
+        real = self._real(path)
+        if not real:
+            return None
+        try:
+            fd = os.open(self.root / real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return f.read() if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
 
 
 class Reader(Protocol):
@@ -380,7 +413,7 @@ def read_installed(view: Reader) -> InstalledRpms | None:
     """The image's installed rpms (gpg-pubkey apart): from its rpmdb, else its rpmmanifest.
 
     None when the image has neither (not an rpm image). `view` is a FileView (MergedView or
-    a directory) with paths relative to the root.
+    a directory) with paths relative to the root; an unpacked root: `RootDir(path)`.
     """
     location = find_rpmdb(view)
     if location is not None:
