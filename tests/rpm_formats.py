@@ -153,12 +153,15 @@ def bdb_from_blobs(
     order: str = "<",
     pagesize: int = 4096,
     ffactor: int = 0,
+    chksum: bool = False,
 ) -> Path:
     """A BerkeleyDB hash `Packages` written by the real Berkeley DB (db_load), as rpm's bdb
     backend lays it out: 4-byte record number keys in the db's byte order, header blobs."""
     lines = ["VERSION=3", "format=bytevalue", "type=hash", f"db_pagesize={pagesize}"]
     if ffactor:  # items per bucket: 1 makes a bucket (and a spares entry) per package
         lines.append(f"h_ffactor={ffactor}")
+    if chksum:  # page checksums: 6 more bytes before each page's items
+        lines.append("chksum=1")
     lines += ["HEADER=END"]
     for hnum, blob in blobs:
         lines += [" " + struct.pack(order + "I", hnum).hex(), " " + blob.hex()]

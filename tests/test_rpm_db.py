@@ -203,6 +203,16 @@ def test_bdb_in_both_byte_orders_and_page_sizes(
     assert len(big.files()) > 3000  # the ~300 KiB header came back whole
 
 
+@needs_rpmbuild
+@needs_db_load
+@pytest.mark.parametrize("order", ["<", ">"], ids=["little-endian", "big-endian"])
+def test_bdb_with_page_checksums(made_db: Path, tmp_path: Path, order: str) -> None:
+    blobs = list(read_sqlite(made_db))
+    target = bdb_from_blobs(tmp_path / "Packages", blobs, order, pagesize=1024, chksum=True)
+    assert target.read_bytes()[26] & 1  # the meta page says so
+    assert sorted(read_bdb(target.read_bytes())) == sorted(blobs)
+
+
 @needs_db_load
 def test_bdb_empty_and_counter_only(tmp_path: Path) -> None:
     empty = bdb_from_blobs(tmp_path / "a" / "Packages", [])

@@ -163,6 +163,10 @@ _HASH_MAGIC = 0x061561
 _P_INVALID, _P_HASH_UNSORTED, _P_OVERFLOW, _P_HASHMETA, _P_HASH = 0, 2, 7, 8, 13
 _H_KEYDATA, _H_DUPLICATE, _H_OFFPAGE, _H_OFFDUP = 1, 2, 3, 4
 _PAGE_HEADER = 26  # lsn 8, pgno, prev, next (4 each), entries, hf_offset (2 each), level, type
+# With page checksums (meta flag 1) the header is followed by 2 bytes of padding and a 4-byte
+# checksum before the item offsets / overflow data.
+_PAGE_HEADER_CHKSUM = 32
+_META_CHKSUM = 0x01
 
 
 @dataclass
@@ -171,6 +175,7 @@ class _Bdb:
     where: str
     order: str  # "<" or ">"
     pagesize: int
+    overhead: int = _PAGE_HEADER  # bytes before a page's item offsets or overflow data
 
     def page(self, pgno: int) -> bytes:
         start = pgno * self.pagesize
@@ -192,9 +197,9 @@ class _Bdb:
             seen.add(pgno)
             page = self.page(pgno)
             nxt, _, used, ptype = self.header(page)
-            if ptype != _P_OVERFLOW or _PAGE_HEADER + used > self.pagesize:
+            if ptype != _P_OVERFLOW or self.overhead + used > self.pagesize:
                 raise _fail(self.where, f"{at}: page {pgno} is not an overflow page")
-            out += page[_PAGE_HEADER : _PAGE_HEADER + used]
+            out += page[self.overhead : self.overhead + used]
             pgno = nxt
         if len(out) != total:
             raise _fail(self.where, f"{at}: overflow value has {len(out)} of {total} bytes")
@@ -204,7 +209,7 @@ class _Bdb:
         at = f"page {pgno} item {index}"
         start = offsets[index]
         end = self.pagesize if index == 0 else offsets[index - 1]
-        if not _PAGE_HEADER <= start < end <= self.pagesize:
+        if not self.overhead <= start < end <= self.pagesize:
             raise _fail(self.where, f"{at}: offset {start} is outside the page")
         kind = page[start]
         if kind == _H_KEYDATA:
@@ -239,9 +244,9 @@ class _Bdb:
                     break  # a bucket page allocated but never written: an empty bucket
                 if ptype not in (_P_HASH, _P_HASH_UNSORTED):
                     raise _fail(self.where, f"page {pgno} of a bucket is of type {ptype}")
-                if _PAGE_HEADER + 2 * entries > self.pagesize or entries % 2:
+                if self.overhead + 2 * entries > self.pagesize or entries % 2:
                     raise _fail(self.where, f"page {pgno}: bad entry count {entries}")
-                offsets = list(struct.unpack_from(f"{self.order}{entries}H", page, _PAGE_HEADER))
+                offsets = list(struct.unpack_from(f"{self.order}{entries}H", page, self.overhead))
                 for i in range(0, entries, 2):
                     yield (self.item(page, pgno, i, offsets), self.item(page, pgno, i + 1, offsets))
                 pgno = nxt
@@ -263,7 +268,8 @@ def read_bdb(data: bytes, where: str = "Packages") -> Iterator[tuple[int, bytes]
         raise _fail(where, f"meta page is of type {data[25]}, not a hash meta page")
     if data[24]:
         raise _fail(where, "the database is encrypted")
-    db = _Bdb(data, where, order, pagesize)
+    overhead = _PAGE_HEADER_CHKSUM if data[26] & _META_CHKSUM else _PAGE_HEADER
+    db = _Bdb(data, where, order, pagesize, overhead)
     for key, value in db.pairs():
         if len(key) != 4:
             raise _fail(where, f"a key of {len(key)} bytes (rpm's are 4)")
