@@ -87,6 +87,11 @@ def load_report(path: Path) -> UpdateManifest:
         ) from None
     except RecursionError:
         raise ReportError(f"report {path} is not usable JSON (nested too deeply)") from None
+    except ValueError as e:  # not a syntax error: a number with more digits than int() takes
+        raise ReportError(
+            f"report {path} is not usable JSON ({str(e).split(':')[0]}); "
+            "pass the output of `trivy image --format json`"
+        ) from None
     return parse_report(doc, f"report {path}")
 
 
