@@ -62,7 +62,9 @@ def test_parse_report_mutated_documents(doc: Any) -> None:
 
 @fuzz_settings()
 @given(mutated_json(SEED_DOCS).map(dumps) | mutated_bytes(SEED_BYTES) | st.binary(max_size=64))
-@example(b'{"SchemaVersion": 2, "Metadata": {"OS": {"Family": "debian", "Name": ' + b"1" * 5000 + b"}}}")
+@example(
+    b'{"SchemaVersion": 2, "Metadata": {"OS": {"Family": "debian", "Name": ' + b"1" * 5000 + b"}}}"
+)
 @example(b"[" * 100_000)
 @example(b"\xef\xbb\xbf" + b"{}")
 @counted("reports (raw bytes)")
