@@ -23,7 +23,8 @@ from ocipatch.errors import ImageFormatError, NotFoundError
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.cache import CHUNK
 from ocipatch.oci.digest import sha256_bytes, verify_bytes
-from ocipatch.oci.layout import LayoutDestination, pick_entry
+from ocipatch.oci.image import diff_ids_of
+from ocipatch.oci.layout import LayoutDestination, parse_index, pick_entry
 from ocipatch.oci.reference import ImageRef
 from ocipatch.oci.types import Descriptor
 
@@ -39,11 +40,12 @@ class _TarMembers:
             raise NotFoundError(f"{what}: no such file {path}")
         try:
             self._tar = tarfile.open(path, "r:")
+            members = self._tar.getmembers()
         except (tarfile.TarError, OSError) as e:
             raise ImageFormatError(f"{what}: not a readable tar archive: {e}") from None
         self._what = what
         self.members: dict[str, tarfile.TarInfo] = {}
-        for m in self._tar.getmembers():
+        for m in members:
             name = m.name.lstrip("./") if m.name.startswith("./") else m.name
             self.members[name.strip("/")] = m
 
@@ -79,10 +81,7 @@ class OciArchiveSource:
     def root_manifest(self) -> tuple[bytes, str]:
         if "index.json" not in self._tar.members:
             raise ImageFormatError(f"{self._what}: not an OCI archive (no index.json)")
-        try:
-            index = json.loads(self._tar.read("index.json"))
-        except ValueError as e:
-            raise ImageFormatError(f"{self._what}: unreadable index.json: {e}") from None
+        index = parse_index(self._tar.read("index.json"), self._what)
         entry = pick_entry(index, self.ref.tag, self._what)
         return self.manifest(entry), entry.media_type
 
@@ -120,10 +119,12 @@ class DockerArchiveSource:
             raise ImageFormatError(
                 f"{self._what}: not a docker-archive (no manifest.json)"
             ) from None
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise ImageFormatError(f"{self._what}: unreadable manifest.json: {e}") from None
         if not isinstance(entries, list) or not entries:
             raise ImageFormatError(f"{self._what}: manifest.json lists no image")
+        if not all(isinstance(e, dict) for e in entries):
+            raise ImageFormatError(f"{self._what}: manifest.json is not a list of images")
         if self.ref.tag is None:
             if len(entries) > 1:
                 raise NotFoundError(
@@ -131,7 +132,7 @@ class DockerArchiveSource:
                 )
             return dict(entries[0])
         for entry in entries:
-            for t in entry.get("RepoTags") or []:
+            for t in self._strings(entry, "RepoTags"):
                 if (
                     t == self.ref.tag
                     or t.endswith("/" + self.ref.tag)
@@ -140,13 +141,26 @@ class DockerArchiveSource:
                     return dict(entry)
         raise NotFoundError(f"{self._what}: no image tagged {self.ref.tag!r}")
 
+    def _strings(self, entry: dict[str, Any], key: str) -> list[str]:
+        value = entry.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ImageFormatError(f"{self._what}: manifest.json {key} is not a list of strings")
+        return value
+
     def root_manifest(self) -> tuple[bytes, str]:
         entry = self._entry()
-        config_name = str(entry["Config"])
+        config_name = entry.get("Config")
+        if not isinstance(config_name, str):
+            raise ImageFormatError(f"{self._what}: manifest.json names no Config file")
         config_bytes = self._tar.read(config_name)
-        config = json.loads(config_bytes)
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-        layer_names = list(entry.get("Layers") or [])
+        try:
+            config = json.loads(config_bytes)
+        except (ValueError, RecursionError) as e:
+            raise ImageFormatError(f"{self._what}: unreadable image config: {e}") from None
+        if not isinstance(config, dict):
+            raise ImageFormatError(f"{self._what}: the image config is not a JSON object")
+        diff_ids = diff_ids_of(config)
+        layer_names = self._strings(entry, "Layers")
         if len(diff_ids) != len(layer_names):
             raise ImageFormatError(
                 f"{self._what}: {len(layer_names)} layers but {len(diff_ids)} diff_ids"

@@ -11,6 +11,11 @@ from ocipatch.errors import IntegrityError, UsageError
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 
 
+def is_digest(text: object) -> bool:
+    """True for `sha256:<64 hex>` or `sha512:<128 hex>`: safe as a file name and a hash."""
+    return isinstance(text, str) and _DIGEST.match(text) is not None
+
+
 def check_digest(digest: str) -> str:
     if not _DIGEST.match(digest):
         raise UsageError(f"not a valid digest: {digest!r} (expected sha256:<64 hex digits>)")

@@ -37,10 +37,19 @@ def read_index(root: Path, what: str) -> dict[str, Any]:
     if not index.is_file():
         raise NotFoundError(f"{what}: {root} is not an OCI image layout (it has no index.json)")
     try:
-        obj = json.loads(index.read_bytes())
-    except (OSError, ValueError) as e:
+        data = index.read_bytes()
+    except OSError as e:
         raise ImageFormatError(f"{what}: unreadable index.json: {e}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("manifests", []), list):
+    return parse_index(data, what)
+
+
+def parse_index(data: bytes, what: str) -> dict[str, Any]:
+    """A layout's (or an oci-archive's) index.json, checked to be an image index."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ImageFormatError(f"{what}: unreadable index.json: {e}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("manifests") or [], list):
         raise ImageFormatError(f"{what}: index.json is not an OCI image index")
     return obj
 
