@@ -302,14 +302,14 @@ class PackagesIndex:
             m = _PACKAGE.search(data, start, end)
             if not m:
                 continue
-            name = m.group(1).decode()
+            name = m.group(1).decode("utf-8", "replace")  # as _record reads it
             self._raw.setdefault(name, []).append((start, end))
             pm = _PROVIDES.search(data, start, end)
             if pm:
                 for virtual in re.split(rb",", pm.group(1)):
                     v = virtual.strip().split(b"(")[0].split(b":")[0].strip()
                     if v:
-                        self.provided.setdefault(v.decode(), set()).add(name)
+                        self.provided.setdefault(v.decode("utf-8", "replace"), set()).add(name)
         self._parsed: dict[str, list[PackageRecord]] = {}
 
     def __contains__(self, name: object) -> bool:
