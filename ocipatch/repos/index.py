@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -82,7 +82,9 @@ def _date(value: str | None, what: str, url: str) -> datetime | None:
 def parse_release(text: str, url: str) -> ReleaseInfo:
     rel = Release(control_lines(text))
     files: dict[str, IndexFile] = {}
-    for entry in rel.get("SHA256", []):
+    entries = rel.get("SHA256", [])
+    # python-debian gives a dict, not a list of them, for a one-line field ("SHA256: x").
+    for entry in [entries] if isinstance(entries, Mapping) else entries:
         try:
             files[entry["name"]] = IndexFile(
                 entry["name"], entry["sha256"].lower(), int(entry["size"])

@@ -137,7 +137,7 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-@fuzz_settings(0.5)
+@fuzz_settings()
 @given(
     mutated_json([DOCKER_MANIFEST]).map(dumps) | mutated_bytes([dumps(DOCKER_MANIFEST)]),
     mutated_json([CONFIG]).map(dumps) | st.just(CONFIG_BYTES),
@@ -154,7 +154,7 @@ def test_docker_archive_documents(manifest: bytes, config: bytes, tag: str | Non
     check_image(ImageRef("docker-archive", path=str(path), tag=tag), None)
 
 
-@fuzz_settings(0.5)
+@fuzz_settings()
 @given(mutated_bytes([SEED_DOCKER, SEED_OCI], max_ops=3), st.booleans(), tags, platforms)
 # Cut short inside a member: tarfile.ReadError from getmembers().
 @example(SEED_DOCKER[: SEED_DOCKER.index(b"manifest.json") + 522], True, None, None)
@@ -204,7 +204,7 @@ def layout_documents(draw: st.DrawFn) -> tuple[bytes, bytes, bytes]:
     return dumps(index_doc), manifest, config
 
 
-@fuzz_settings(0.5)
+@fuzz_settings()
 @given(layout_documents(), tags, platforms)
 @example(_entry_with(annotations=[{REF_NAME: "1"}]), "1", None)
 @example(_entry_with(annotations={REF_NAME: None}), "2", None)

@@ -50,7 +50,7 @@ def test_parse_reference(text: str) -> None:
     check(text)
 
 
-@fuzz_settings(0.5)
+@fuzz_settings()
 @given(st.from_regex(r"[a-z0-9.:/@_\-\[\]]{1,40}", fullmatch=True))
 @example("a:b:c")
 @example("docker://")

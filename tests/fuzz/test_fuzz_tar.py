@@ -194,7 +194,7 @@ def _check_layers(blobs: list[bytes], privileged: bool) -> None:
         pass
 
 
-@fuzz_settings(0.5)
+@fuzz_settings()
 @given(
     st.lists(tars, min_size=1, max_size=2), st.booleans() if os.geteuid() == 0 else st.just(False)
 )
@@ -208,7 +208,7 @@ def test_unpack_generated_tars(blobs: list[bytes], privileged: bool) -> None:
     check_layers(blobs, privileged)
 
 
-@fuzz_settings(0.5)
+@fuzz_settings()
 @given(
     st.lists(
         mutated_bytes(SEEDS) | tars.flatmap(lambda t: mutated_bytes([t])), min_size=1, max_size=2
