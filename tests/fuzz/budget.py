@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -46,8 +47,11 @@ def fuzz_settings(scale: float = 1.0) -> settings:
     return settings(base, max_examples=max(10, math.ceil(n * scale)))
 
 
-# Inputs tried per target in this process (tools/fuzz prints them via tests/fuzz/conftest.py).
+# Inputs tried and seconds spent per target in this process, and the target of each test
+# function (tools/fuzz prints them, through tests/fuzz/conftest.py).
 TRIED: Counter[str] = Counter()
+SECONDS: Counter[str] = Counter()
+TARGET_OF: dict[str, str] = {}
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -56,10 +60,16 @@ def counted(target: str) -> Callable[[F], F]:
     """Count each input the wrapped test body sees under `target`."""
 
     def wrap(fn: F) -> F:
+        TARGET_OF[fn.__name__] = target
+
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> None:
             TRIED[target] += 1
-            fn(*args, **kwargs)
+            start = time.monotonic()
+            try:
+                fn(*args, **kwargs)
+            finally:
+                SECONDS[target] += time.monotonic() - start
 
         return run  # type: ignore[return-value]
 

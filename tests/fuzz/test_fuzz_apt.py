@@ -122,6 +122,10 @@ def _lines(text: bytes) -> list[bytes]:
 @example(f"SHA256: {SHA} 1 main/binary-amd64/Packages\n")  # one line: python-debian's dict
 @counted("Release files")
 def test_parse_release(text: str) -> None:
+    check_release(text)
+
+
+def check_release(text: str) -> None:
     try:
         info = parse_release(text, INFO.url)
         check_dates(info, NOW)
@@ -137,6 +141,10 @@ def test_parse_release(text: str) -> None:
 @example(b"Package: \x80\nProvides: \xff\n")  # names that are not UTF-8
 @counted("Packages indices")
 def test_packages_index(data: bytes) -> None:
+    check_packages(data)
+
+
+def check_packages(data: bytes) -> None:
     try:
         index = PackagesIndex(data, INFO, "http://repo.invalid")
         for name in list(index.names()):

@@ -160,6 +160,12 @@ def test_docker_archive_documents(manifest: bytes, config: bytes, tag: str | Non
 @example(SEED_DOCKER[: SEED_DOCKER.index(b"manifest.json") + 522], True, None, None)
 @counted("docker-archive and oci-archive bytes")
 def test_archive_bytes(data: bytes, docker: bool, tag: str | None, plat: Platform | None) -> None:
+    check_archive_bytes(data, docker, tag, plat)
+
+
+def check_archive_bytes(
+    data: bytes, docker: bool, tag: str | None = None, plat: Platform | None = None
+) -> None:
     _reset()
     path = _write(WORK / "img.tar", data)
     check_image(
