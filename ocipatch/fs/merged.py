@@ -174,11 +174,28 @@ _MTIME_LIMIT = (2**63 - 1) // 10**9
 _ID_LIMIT = 2**32 - 2
 _MAJOR_LIMIT = 2**12 - 1
 _MINOR_LIMIT = 2**20 - 1
+_NAME_MAX = 255
+_PATH_MAX = 4095
 
 
-def member_mtime(layer_digest: str, name: str, m: tarfile.TarInfo, typ: str) -> int:
-    """The member's mtime as an int, after checking its metadata fits a file system;
-    ImageFormatError for one that cannot be applied (a PAX time of 1e30 or nan, uid 2**40)."""
+def checked_mtime(layer_digest: str, name: str, m: tarfile.TarInfo, typ: str) -> int:
+    """The member's mtime as an int, after checking the member fits a Linux file system;
+    ImageFormatError for one that cannot be applied (a PAX time of 1e30 or nan, uid 2**40, a
+    256-byte name, a symlink to "")."""
+    if typ == "symlink" and not m.linkname:
+        raise ImageFormatError(
+            f"layer {layer_digest} has a symlink {name!r} to nothing (an empty target): the "
+            "image is malformed"
+        )
+    long = [
+        p for p in (*name.split("/"), *m.linkname.split("/")) if len(os.fsencode(p)) > _NAME_MAX
+    ]
+    if long or max(len(os.fsencode(name)), len(os.fsencode(m.linkname))) > _PATH_MAX:
+        raise ImageFormatError(
+            f"layer {layer_digest} has an entry {name!r} with a name or link target longer "
+            f"than Linux allows ({_NAME_MAX} bytes a component, {_PATH_MAX} a path): the image "
+            "is malformed"
+        )
     try:
         mtime = int(m.mtime)
     except (ValueError, OverflowError):  # PAX mtime=nan / inf
@@ -295,7 +312,7 @@ class LayerIndexer:
                     mode=m.mode & 0o7777,
                     uid=m.uid,
                     gid=m.gid,
-                    mtime=member_mtime(digest, name, m, typ),
+                    mtime=checked_mtime(digest, name, m, typ),
                     linkname=link,
                     ordinal=ordinal,
                     devmajor=m.devmajor if typ in ("char", "block") else 0,

@@ -46,8 +46,8 @@ from ocipatch.fs.merged import (
     LayerIndexer,
     Op,
     TarLayer,
+    checked_mtime,
     hardlink_target,
-    member_mtime,
     member_name,
     member_type,
     scan_layer,
@@ -326,7 +326,7 @@ class _Unpacker:
             return None  # the root itself: dest keeps its own metadata
         # Validate a hardlink target and the metadata before anything changes on disk.
         link = hardlink_target(self._digest, name, m.linkname) if typ == "hardlink" else ""
-        mtime = member_mtime(self._digest, name, m, typ)
+        mtime = checked_mtime(self._digest, name, m, typ)
         parent, base = wh.split(name)
         rparent = self.resolve_dir(parent, create=True)
         assert rparent is not None

@@ -13,7 +13,6 @@ import functools
 import json
 import math
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -47,10 +46,9 @@ def fuzz_settings(scale: float = 1.0) -> settings:
     return settings(base, max_examples=max(10, math.ceil(n * scale)))
 
 
-# Inputs tried and seconds spent per target in this process, and the target of each test
-# function (tools/fuzz prints them, through tests/fuzz/conftest.py).
+# Inputs tried per target in this process, and the target of each test function (tools/fuzz
+# prints them, through tests/fuzz/conftest.py).
 TRIED: Counter[str] = Counter()
-SECONDS: Counter[str] = Counter()
 TARGET_OF: dict[str, str] = {}
 
 F = TypeVar("F", bound=Callable[..., None])
@@ -65,11 +63,7 @@ def counted(target: str) -> Callable[[F], F]:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> None:
             TRIED[target] += 1
-            start = time.monotonic()
-            try:
-                fn(*args, **kwargs)
-            finally:
-                SECONDS[target] += time.monotonic() - start
+            fn(*args, **kwargs)
 
         return run  # type: ignore[return-value]
 

@@ -11,15 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.budget import SECONDS, TARGET_OF, TRIED
+from tests.fuzz.budget import TARGET_OF, TRIED
 
 _CRASHES: Counter[str] = Counter()
+_SECONDS: Counter[str] = Counter()
 _FAILED: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.failed and report.when == "call":
-        target = TARGET_OF.get(report.nodeid.rsplit("::", 1)[-1], report.nodeid)
+    if report.when != "call":
+        return
+    target = TARGET_OF.get(report.nodeid.rsplit("::", 1)[-1], report.nodeid)
+    _SECONDS[target] += report.duration  # generating, checking and shrinking inputs
+    if report.failed:
         # Hypothesis reports each distinct bug with its own minimal failing example.
         found = len(re.findall(r"Falsifying example|Failing test case", report.longreprtext))
         _CRASHES[target] += max(1, found)
@@ -31,7 +35,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if out:
         doc = {
             "targets": {
-                t: {"tried": TRIED[t], "crashes": _CRASHES[t], "seconds": round(SECONDS[t], 1)}
+                t: {"tried": TRIED[t], "crashes": _CRASHES[t], "seconds": round(_SECONDS[t], 1)}
                 for t in sorted(set(TRIED) | set(_CRASHES))
             },
             "failed": _FAILED,

@@ -41,12 +41,15 @@ class BytesLayer:
 
 
 _PARTS = ["a", "b", "etc", "..", ".", "", ".wh.a", ".wh..wh..opq", ".wh..wh.plnk", "é", "x" * 120]
+_LONG = "y" * 256  # one byte over NAME_MAX
 names = (
-    st.lists(st.sampled_from(_PARTS), min_size=1, max_size=4)
+    st.lists(st.sampled_from([*_PARTS, _LONG]), min_size=1, max_size=4)
     .map("/".join)
     .flatmap(lambda n: st.sampled_from([n, "/" + n, "./" + n]))
 )
-links = names | st.sampled_from([str(OUTSIDE), str(OUTSIDE / "sentinel"), "../outside", "/", ".."])
+links = names | st.sampled_from(
+    [str(OUTSIDE), str(OUTSIDE / "sentinel"), "../outside", "/", "..", "", _LONG, "z/" * 2100]
+)
 _TYPES = [
     tarfile.REGTYPE,
     tarfile.AREGTYPE,
@@ -131,6 +134,14 @@ def _tar_with_device(major: int, minor: int) -> bytes:
     return tar
 
 
+def _tar_with_symlink(name: str, target: str) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    tar = build_tar([(info, b"")], tarfile.PAX_FORMAT)
+    assert tar is not None
+    return tar
+
+
 def _snapshot(path: Path) -> dict[str, tuple[int, bytes | str]]:
     out: dict[str, tuple[int, bytes | str]] = {}
     for dirpath, dirnames, filenames in os.walk(path):
@@ -203,6 +214,11 @@ def _check_layers(blobs: list[bytes], privileged: bool) -> None:
 @example([_tar_with_pax_mtime("-inf")], False)
 # mknod: EINVAL for a device number beyond Linux's 12-bit major / 20-bit minor.
 @example([_tar_with_device(2**20, 2**20)], True)
+# symlink(2): ENOENT for an empty target, ENAMETOOLONG for a 256-byte component.
+@example([_tar_with_symlink("a", "")], False)
+@example([_tar_with_symlink(_LONG, "a")], False)
+@example([_tar_with_symlink("a", _LONG)], False)
+@example([_tar_with_symlink(f"{_LONG}/.wh.a", "a")], False)  # lstat: ENAMETOOLONG
 @counted("layer tars (generated members)")
 def test_unpack_generated_tars(blobs: list[bytes], privileged: bool) -> None:
     check_layers(blobs, privileged)
