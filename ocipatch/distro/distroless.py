@@ -42,7 +42,14 @@ from ocipatch.distro.base import InstalledPackage, Plan, PlanItem
 from ocipatch.distro.debinstall import DebPackage, Installed, RootInstaller, md5sums_paths, read_deb
 from ocipatch.distro.detect import OsRelease
 from ocipatch.distro.dpkg import AptOutcome, DpkgPatcher, verify_versions
-from ocipatch.distro.dpkgdb import STATUS_D, is_installed, package_of
+from ocipatch.distro.dpkgdb import (
+    STATUS_D,
+    control_lines,
+    damaged,
+    is_installed,
+    package_of,
+    relation_problem,
+)
 from ocipatch.distro.versions import compare_deb
 from ocipatch.errors import (
     ApplyError,
@@ -161,15 +168,15 @@ def split_stanzas(text: str) -> list[str]:
     """Paragraphs of a deb822 file, each kept exactly as written (without the blank lines)."""
     out: list[str] = []
     cur: list[str] = []
-    for line in text.splitlines(keepends=True):
+    for line in text.split("\n"):  # dpkg's only line break (see dpkgdb.control_lines)
         if line.strip():
-            cur.append(line)
+            cur.append(line + "\n")
         elif cur:
             out.append("".join(cur))
             cur = []
     if cur:
         out.append("".join(cur))
-    return [s if s.endswith("\n") else s + "\n" for s in out]
+    return out
 
 
 class StatusD:
@@ -189,7 +196,9 @@ class StatusD:
                 self.md5sums[p.name[: -len(_MD5SUMS)]] = data
                 continue
             text = data.decode("utf-8", "replace")
-            self.files[p.name] = [Stanza(p.name, t, Deb822(t)) for t in split_stanzas(text)]
+            self.files[p.name] = [
+                Stanza(p.name, t, Deb822(control_lines(t))) for t in split_stanzas(text)
+            ]
 
     def stanzas(self) -> list[Stanza]:
         return [s for f in sorted(self.files) for s in self.files[f]]
@@ -258,7 +267,7 @@ class StatusD:
 
 def _with_status(text: str, status: str, *, replace: bool) -> str:
     """The stanza with a Status line after Package (replacing any, when asked)."""
-    lines = text.splitlines(keepends=True)
+    lines = [ln + "\n" for ln in text.removesuffix("\n").split("\n")]
     out: list[str] = []
     have = any(ln.startswith("Status:") for ln in lines)
     for ln in lines:
@@ -271,9 +280,15 @@ def _with_status(text: str, status: str, *, replace: bool) -> str:
     return "".join(out)
 
 
-def _relations(text: object) -> list[list[dict[str, Any]]]:
+def _relations(text: object, owner: str) -> list[list[dict[str, Any]]]:
     raw = str(text or "").strip()
-    return PkgRelation.parse_relations(raw) if raw else []  # type: ignore[return-value]
+    groups: list[list[dict[str, Any]]] = PkgRelation.parse_relations(raw) if raw else []  # type: ignore[assignment]
+    for group in groups:
+        for alt in group:
+            problem = relation_problem(alt)
+            if problem:
+                raise damaged(f"package {owner!r} has {problem}")
+    return groups
 
 
 def _provided(installed: dict[str, Stanza]) -> dict[str, list[str | None]]:
@@ -281,7 +296,7 @@ def _provided(installed: dict[str, Stanza]) -> dict[str, list[str | None]]:
     out: dict[str, list[str | None]] = {}
     for name, s in installed.items():
         out.setdefault(name, []).append(str(s.fields.get("Version", "")).strip())
-        for group in _relations(s.fields.get("Provides")):
+        for group in _relations(s.fields.get("Provides"), name):
             for alt in group:
                 ver = alt.get("version")
                 out.setdefault(alt["name"], []).append(ver[1] if ver else None)
@@ -310,7 +325,7 @@ def missing_dependencies(installed: dict[str, Stanza]) -> dict[str, str]:
     wanted: dict[str, list[tuple[str, str] | None]] = {}
     for s in installed.values():
         for field in ("Pre-Depends", "Depends"):
-            for group in _relations(s.fields.get(field)):
+            for group in _relations(s.fields.get(field), s.name):
                 ok = any(
                     any(_satisfies(v, alt.get("version")) for v in provided.get(alt["name"], []))
                     for alt in group

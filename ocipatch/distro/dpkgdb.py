@@ -7,19 +7,35 @@ a stanza in status.d exists only for an installed package.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from debian.deb822 import Deb822
 
 from ocipatch.distro.base import InstalledPackage
 from ocipatch.distro.detect import FileView
+from ocipatch.distro.versions import is_deb_version
+from ocipatch.errors import ImageFormatError
 
 STATUS = "var/lib/dpkg/status"
 STATUS_D = "var/lib/dpkg/status.d"
 
 
+# dpkg ends a line at "\n" only. str.splitlines() and python-debian's value check also break at
+# \r, \v, \f, \x1c-\x1e, \x85, \u2028 and \u2029, so one of those inside a Description made
+# the whole database unreadable (ValueError); for parsing they read as spaces.
+_OTHER_BREAKS = str.maketrans(dict.fromkeys("\r\v\f\x1c\x1d\x1e\x85\u2028\u2029", " "))
+
+
+def control_lines(text: str) -> list[str]:
+    """deb822 text (a dpkg database, a Packages or Release file) as lines the way dpkg and apt
+    split it, ready for python-debian."""
+    return text.translate(_OTHER_BREAKS).split("\n")
+
+
 def iter_stanzas(data: bytes) -> Iterator[Deb822]:
-    yield from Deb822.iter_paragraphs(data.decode("utf-8", "replace").splitlines(keepends=True))
+    yield from Deb822.iter_paragraphs(control_lines(data.decode("utf-8", "replace")))
 
 
 def is_installed(stanza: Deb822, default: bool) -> bool:
@@ -30,11 +46,39 @@ def is_installed(stanza: Deb822, default: bool) -> bool:
     return len(words) == 3 and words[2] == "installed"
 
 
+def damaged(detail: str) -> ImageFormatError:
+    return ImageFormatError(
+        f"the image's dpkg database is damaged: {detail}; dpkg and apt cannot work on it either"
+    )
+
+
+def check_version(name: str, version: str, what: str = "version") -> None:
+    """ImageFormatError unless `version` is a Debian version (ordering it would fail later)."""
+    if not is_deb_version(version):
+        raise damaged(f"package {name!r} has {what} {version!r}, which is not a Debian version")
+
+
+# python-debian hands back an alternative it cannot parse as its raw text, in place of a name.
+_PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9+.\-]*")
+
+
+def relation_problem(alt: Mapping[str, Any]) -> str | None:
+    """What is wrong with one parsed alternative of a relation field, or None."""
+    name = str(alt.get("name", ""))
+    if not _PACKAGE_NAME.fullmatch(name):
+        return f"a relation {name!r} that is not NAME [(OP VERSION)]"
+    version = alt.get("version")
+    if version and not is_deb_version(version[1]):
+        return f"a relation on {name} at version {version[1]!r}, which is not a Debian version"
+    return None
+
+
 def package_of(stanza: Deb822) -> InstalledPackage | None:
     name = stanza.get("Package")
     version = stanza.get("Version")
     if not name or not version:
         return None
+    check_version(name.strip(), version.strip())
     source = stanza.get("Source", "").split(" ", 1)[0]
     return InstalledPackage(
         name.strip(), version.strip(), stanza.get("Architecture", "").strip(), source

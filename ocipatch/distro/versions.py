@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import cmp_to_key
 from typing import Any
 
+from debian.debian_support import Version as _DebVersion
 from debian.debian_support import version_compare as _deb_version_compare
 
 Comparator = Callable[[str, str], int]
@@ -37,6 +38,15 @@ def compare_deb(a: str, b: str) -> int:
     Raises ValueError for a string python-debian cannot parse (spaces, '_', empty, ...).
     """
     return _sign(_deb_version_compare(a, b))
+
+
+def is_deb_version(text: str) -> bool:
+    """True if compare_deb can order `text` (what readers of outside data check first)."""
+    try:
+        _DebVersion(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --- rpm -------------------------------------------------------------------------------------

@@ -168,6 +168,60 @@ def member_name(layer_digest: str, raw: str) -> str:
     return wh.normalize(raw)
 
 
+# What the metadata of a member may hold: times as int64 nanoseconds (years 1678 to 2262: what
+# os.utime takes), ids chown can set ((uid_t)-1 means "unchanged"), Linux device numbers (12-bit
+# major, 20-bit minor: mknod refuses others).
+_MTIME_LIMIT = (2**63 - 1) // 10**9
+_ID_LIMIT = 2**32 - 2
+_MAJOR_LIMIT = 2**12 - 1
+_MINOR_LIMIT = 2**20 - 1
+_NAME_MAX = 255
+_PATH_MAX = 4095
+
+
+def checked_mtime(layer_digest: str, name: str, m: tarfile.TarInfo, typ: str) -> int:
+    """The member's mtime as an int, after checking the member fits a Linux file system;
+    ImageFormatError for one that cannot be applied (a PAX time of 1e30 or nan, uid 2**40, a
+    256-byte name, a symlink to "")."""
+    if typ == "symlink" and not m.linkname:
+        raise ImageFormatError(
+            f"layer {layer_digest} has a symlink {name!r} to nothing (an empty target): the "
+            "image is malformed"
+        )
+    long = [
+        p for p in (*name.split("/"), *m.linkname.split("/")) if len(os.fsencode(p)) > _NAME_MAX
+    ]
+    if long or max(len(os.fsencode(name)), len(os.fsencode(m.linkname))) > _PATH_MAX:
+        raise ImageFormatError(
+            f"layer {layer_digest} has an entry {name!r} with a name or link target longer "
+            f"than Linux allows ({_NAME_MAX} bytes a component, {_PATH_MAX} a path): the image "
+            "is malformed"
+        )
+    try:
+        mtime = int(m.mtime)
+    except (ValueError, OverflowError):  # PAX mtime=nan / inf
+        mtime = _MTIME_LIMIT + 1
+    device = typ in ("char", "block")
+    bad = [
+        f"{what} {value}"
+        for what, value, low, high in (
+            ("mtime", mtime, -_MTIME_LIMIT, _MTIME_LIMIT),
+            ("uid", m.uid, 0, _ID_LIMIT),
+            ("gid", m.gid, 0, _ID_LIMIT),
+            ("device major", m.devmajor if device else 0, 0, _MAJOR_LIMIT),
+            ("device minor", m.devminor if device else 0, 0, _MINOR_LIMIT),
+        )
+        if not low <= value <= high
+    ]
+    if bad:
+        bad[0] = bad[0] if mtime <= _MTIME_LIMIT else f"mtime {m.mtime}"
+        raise ImageFormatError(
+            f"layer {layer_digest} has an entry {name!r} with {bad[0]}, which no file system "
+            "can hold: the image is malformed"
+        )
+    return mtime
+
+
 def hardlink_target(layer_digest: str, name: str, raw: str) -> str:
     if wh.escapes_root(raw):
         raise UnsafeArchiveError(
@@ -259,7 +313,7 @@ class LayerIndexer:
                     mode=m.mode & 0o7777,
                     uid=m.uid,
                     gid=m.gid,
-                    mtime=int(m.mtime),
+                    mtime=checked_mtime(digest, name, m, typ),
                     linkname=link,
                     ordinal=ordinal,
                     devmajor=m.devmajor if typ in ("char", "block") else 0,

@@ -18,6 +18,7 @@ existing components are no symlinks, except a final one that was not followed.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -66,6 +67,10 @@ class DiskTree:
             st = os.lstat(os.path.join(self.root, rel))
         except FileNotFoundError:
             return None
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # a name no file system holds: not there
+                return None
+            raise
         return file_type(st.st_mode) or "other"
 
     def readlink(self, rel: str) -> str:

@@ -46,6 +46,7 @@ from ocipatch.fs.merged import (
     LayerIndexer,
     Op,
     TarLayer,
+    checked_mtime,
     hardlink_target,
     member_name,
     member_type,
@@ -323,8 +324,9 @@ class _Unpacker:
             return None
         if not name:
             return None  # the root itself: dest keeps its own metadata
-        # Validate a hardlink target before anything changes on disk.
+        # Validate a hardlink target and the metadata before anything changes on disk.
         link = hardlink_target(self._digest, name, m.linkname) if typ == "hardlink" else ""
+        mtime = checked_mtime(self._digest, name, m, typ)
         parent, base = wh.split(name)
         rparent = self.resolve_dir(parent, create=True)
         assert rparent is not None
@@ -349,7 +351,7 @@ class _Unpacker:
             uid=m.uid,
             gid=m.gid,
             mode=m.mode & 0o7777,
-            mtime=int(m.mtime),
+            mtime=mtime,
             linkname=m.linkname if typ == "symlink" else "",
             devmajor=m.devmajor if typ in ("char", "block") else 0,
             devminor=m.devminor if typ in ("char", "block") else 0,

@@ -25,7 +25,8 @@ from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.atomic import atomic_file, target_of
 from ocipatch.oci.cache import CHUNK
 from ocipatch.oci.digest import sha256_bytes, verify_bytes
-from ocipatch.oci.layout import LayoutDestination, pick_entry
+from ocipatch.oci.image import diff_ids_of
+from ocipatch.oci.layout import LayoutDestination, parse_index, pick_entry
 from ocipatch.oci.reference import ImageRef
 from ocipatch.oci.types import Descriptor
 
@@ -207,7 +208,7 @@ class DockerArchiveSource:
             self.repo_tag = next(iter(entries[0].get("RepoTags") or []), None)
             return dict(entries[0])
         for entry in entries:
-            for t in entry.get("RepoTags") or []:
+            for t in self._strings(entry, "RepoTags"):
                 if (
                     t == self.ref.tag
                     or t.endswith("/" + self.ref.tag)
@@ -217,9 +218,17 @@ class DockerArchiveSource:
                     return dict(entry)
         raise NotFoundError(f"{self._what}: no image tagged {self.ref.tag!r}")
 
+    def _strings(self, entry: dict[str, Any], key: str) -> list[str]:
+        value = entry.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ImageFormatError(f"{self._what}: manifest.json {key} is not a list of strings")
+        return value
+
     def root_manifest(self) -> tuple[bytes, str]:
         entry = self._entry()
-        config_name = str(entry["Config"])
+        config_name = entry.get("Config")
+        if not isinstance(config_name, str):
+            raise ImageFormatError(f"{self._what}: manifest.json names no Config file")
         config_bytes = self._tar.read(config_name)
         config = jsondoc.parse_object(config_bytes, f"{self._what}: image config {config_name}")
         rootfs = config.get("rootfs")

@@ -156,8 +156,8 @@ class Image:
 
     @property
     def platform(self) -> Platform:
-        c = self.config
-        return Platform(str(c.get("os", "linux")), str(c.get("architecture", "")), c.get("variant"))
+        p = Platform.from_json(self.config, "image config")
+        return p if p.os else Platform("linux", p.architecture, p.variant)
 
     @property
     def is_docker(self) -> bool:
@@ -194,6 +194,27 @@ def _load_config(data: bytes) -> dict[str, Any]:
     return config
 
 
+def _list(obj: dict[str, Any], key: str, what: str = "manifest") -> list[Any]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ImageFormatError(f"{what}: {key} is not a list")
+    return value
+
+
+def diff_ids_of(config: dict[str, Any]) -> list[str]:
+    """rootfs.diff_ids of an image config: digests, one per layer."""
+    rootfs = config.get("rootfs") or {}
+    if not isinstance(rootfs, dict):
+        raise ImageFormatError("image config: rootfs is not an object")
+    diff_ids = _list(rootfs, "diff_ids", "image config rootfs")
+    for d in diff_ids:
+        if not is_digest(d):
+            raise ImageFormatError(f"image config: diff_id {d!r} is not sha256:<64 hex digits>")
+    return diff_ids
+
+
 def media_type_of(data: bytes, declared: str) -> str:
     """The media type a manifest declares; falls back to its mediaType field, then its shape."""
     if declared and declared in mt.ALL_MANIFESTS:
@@ -211,7 +232,7 @@ def media_type_of(data: bytes, declared: str) -> str:
 
 def select_platform(index_bytes: bytes, want: Platform) -> Descriptor:
     idx = _load_json(index_bytes, "image index")
-    entries = [Descriptor.from_json(m, "index entry") for m in idx.get("manifests") or []]
+    entries = [Descriptor.from_json(m, "index entry") for m in _list(idx, "manifests", "index")]
     # Attestation manifests (buildx) carry platform unknown/unknown: never a match.
     candidates = [e for e in entries if e.platform is not None and e.media_type in mt.MANIFESTS]
     for e in candidates:
@@ -245,10 +266,8 @@ def load_image(source: Source, cache: BlobCache, platform: Platform | None = Non
     )
     config_bytes = config_path.read_bytes()
     config = _load_config(config_bytes)
-    layer_descs = [
-        Descriptor.from_json(d, "layer descriptor") for d in manifest.get("layers") or []
-    ]
-    diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+    layer_descs = [Descriptor.from_json(d, "layer descriptor") for d in _list(manifest, "layers")]
+    diff_ids = diff_ids_of(config)
     if len(diff_ids) != len(layer_descs):
         raise ImageFormatError(
             f"image config lists {len(diff_ids)} diff_ids for {len(layer_descs)} layers"
@@ -260,14 +279,11 @@ def load_image(source: Source, cache: BlobCache, platform: Platform | None = Non
             raise ImageFormatError(
                 f"layer {d.digest} has unsupported media type {d.media_type!r}"
             ) from None
-    if platform is not None and index is None:
-        have = Platform(
-            str(config.get("os", "")), str(config.get("architecture", "")), config.get("variant")
+    have = Platform.from_json(config, "image config")
+    if platform is not None and index is None and not platform.matches(have):
+        raise PlatformError(
+            f"image {source.ref} is {have}, not {platform}: it has no index to choose from"
         )
-        if not platform.matches(have):
-            raise PlatformError(
-                f"image {source.ref} is {have}, not {platform}: it has no index to choose from"
-            )
     layers = [Layer(d, diff, source, cache) for d, diff in zip(layer_descs, diff_ids, strict=True)]
     return Image(source.ref, data, media_type, config_bytes, layers, source, index)
 

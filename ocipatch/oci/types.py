@@ -48,8 +48,10 @@ class Platform:
         return cls("linux", arch, variant)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Platform:
-        return cls(str(obj.get("os", "")), str(obj.get("architecture", "")), obj.get("variant"))
+    def from_json(cls, obj: dict[str, Any], what: str = "platform") -> Platform:
+        """An index entry's platform, or an image config's os/architecture/variant."""
+        os_, arch, variant = (_text(obj, k, what) for k in ("os", "architecture", "variant"))
+        return cls(os_, arch, variant or None)
 
     def matches(self, other: Platform) -> bool:
         """Whether an index entry `other` satisfies this request. No variant asked: any fits;
@@ -63,6 +65,15 @@ class Platform:
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+def _text(obj: dict[str, Any], key: str, what: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ImageFormatError(f"malformed {what}: {key} is not a string")
+    return value
 
 
 @dataclass(frozen=True)
@@ -79,27 +90,27 @@ class Descriptor:
     def from_json(cls, obj: Any, what: str = "descriptor") -> Descriptor:
         if not isinstance(obj, dict):
             raise ImageFormatError(f"malformed {what}: expected a JSON object")
-        digest, size, media_type = obj.get("digest"), obj.get("size"), obj.get("mediaType", "")
-        annotations = obj.get("annotations") or {}
-        # The digest names files in layouts and the cache: only a real digest may do so.
+        digest, size = obj.get("digest"), obj.get("size")
+        # The digest names files (blob stores, caches): only a well-formed one is used.
         if not is_digest(digest):
             raise ImageFormatError(
-                f"malformed {what}: digest {digest!r} is not sha256:<64 hex> or sha512:<128 hex>"
+                f"malformed {what}: digest {digest!r} is not sha256:<64 hex digits>"
             )
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ImageFormatError(f"malformed {what}: size {size!r} is not a byte count")
-        if not isinstance(media_type, str):
-            raise ImageFormatError(f"malformed {what}: mediaType {media_type!r} is not a string")
+        plat = obj.get("platform")
+        annotations = obj.get("annotations") or {}
         if not isinstance(annotations, dict) or not all(
             isinstance(v, str) for v in annotations.values()
         ):
-            raise ImageFormatError(f"malformed {what}: annotations are not an object of strings")
-        plat = obj.get("platform")
+            raise ImageFormatError(f"malformed {what}: annotations are not strings by name")
         return cls(
-            media_type=media_type,
+            media_type=_text(obj, "mediaType", what),
             digest=str(digest),
             size=size,
-            platform=Platform.from_json(plat) if isinstance(plat, dict) else None,
+            platform=Platform.from_json(plat, f"{what} platform")
+            if isinstance(plat, dict)
+            else None,
             annotations=dict(annotations),
             raw=dict(obj),
         )

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 from debian.deb822 import Packages, PkgRelation, Release
 
+from ocipatch.distro.dpkgdb import control_lines, relation_problem
+from ocipatch.distro.versions import is_deb_version
 from ocipatch.errors import IntegrityError
 
 # Priorities apt gives a suite (apt_preferences(5)); no pinning files are read.
@@ -78,9 +80,11 @@ def _date(value: str | None, what: str, url: str) -> datetime | None:
 
 
 def parse_release(text: str, url: str) -> ReleaseInfo:
-    rel = Release(text)
+    rel = Release(control_lines(text))
     files: dict[str, IndexFile] = {}
-    for entry in rel.get("SHA256", []):
+    entries = rel.get("SHA256", [])
+    # python-debian gives a dict, not a list of them, for a one-line field ("SHA256: x").
+    for entry in [entries] if isinstance(entries, Mapping) else entries:
         try:
             files[entry["name"]] = IndexFile(
                 entry["name"], entry["sha256"].lower(), int(entry["size"])
@@ -167,6 +171,8 @@ Group = tuple[Relation, ...]  # alternatives: any one satisfies it
 
 
 def parse_relations(text: str | None) -> tuple[Group, ...]:
+    """The groups of a relation field; ValueError for an alternative python-debian could not
+    parse, or a version that is not a Debian version (comparing it would fail later)."""
     if not text or not text.strip():
         return ()
     out: list[Group] = []
@@ -174,6 +180,9 @@ def parse_relations(text: str | None) -> tuple[Group, ...]:
         alts = []
         for alt in group:
             ver = alt.get("version")
+            problem = relation_problem(alt)
+            if problem:
+                raise ValueError(problem)
             op, version = (_OPS.get(ver[0], ver[0]), ver[1]) if ver else (None, None)
             alts.append(Relation(alt["name"], op, version, alt.get("archqual")))
         if alts:
@@ -236,11 +245,14 @@ class PackageRecord:
 
 
 def _record(stanza: bytes, release: ReleaseInfo, base_url: str) -> PackageRecord:
-    p = Packages(stanza.decode("utf-8", "replace"))
+    p = Packages(control_lines(stanza.decode("utf-8", "replace")))
     try:
+        version = p["Version"].strip()
+        if not is_deb_version(version):
+            raise ValueError(f"Version {version!r}")
         return PackageRecord(
             name=p["Package"].strip(),
-            version=p["Version"].strip(),
+            version=version,
             arch=p.get("Architecture", "all").strip(),
             filename=p["Filename"].strip(),
             sha256=p["SHA256"].strip().lower(),
@@ -292,14 +304,14 @@ class PackagesIndex:
             m = _PACKAGE.search(data, start, end)
             if not m:
                 continue
-            name = m.group(1).decode()
+            name = m.group(1).decode("utf-8", "replace")  # as _record reads it
             self._raw.setdefault(name, []).append((start, end))
             pm = _PROVIDES.search(data, start, end)
             if pm:
                 for virtual in re.split(rb",", pm.group(1)):
                     v = virtual.strip().split(b"(")[0].split(b":")[0].strip()
                     if v:
-                        self.provided.setdefault(v.decode(), set()).add(name)
+                        self.provided.setdefault(v.decode("utf-8", "replace"), set()).add(name)
         self._parsed: dict[str, list[PackageRecord]] = {}
 
     def __contains__(self, name: object) -> bool:

@@ -23,8 +23,17 @@ from dataclasses import dataclass, field
 from functools import cmp_to_key
 from pathlib import Path
 
+from debian.deb822 import Deb822
+
 from ocipatch.distro.base import InstalledPackage, Requirement
-from ocipatch.distro.dpkgdb import STATUS, STATUS_D, is_installed, iter_stanzas
+from ocipatch.distro.dpkgdb import (
+    STATUS,
+    STATUS_D,
+    check_version,
+    damaged,
+    is_installed,
+    iter_stanzas,
+)
 from ocipatch.distro.versions import compare_deb
 from ocipatch.errors import ResolveError
 from ocipatch.repos.index import (
@@ -86,22 +95,9 @@ def installed_from_rootfs(rootfs: Path) -> dict[str, Installed]:
             name, version = st.get("Package", "").strip(), st.get("Version", "").strip()
             if not name or not version or not is_installed(st, default=default):
                 continue
+            check_version(name, version)
             arch = st.get("Architecture", "").strip()
-            found.setdefault(
-                (name, arch),
-                Installed(
-                    name=name,
-                    version=version,
-                    arch=arch,
-                    depends=parse_relations(st.get("Depends")),
-                    pre_depends=parse_relations(st.get("Pre-Depends")),
-                    provides=parse_provides(st.get("Provides")),
-                    breaks=parse_relations(st.get("Breaks")),
-                    conflicts=parse_relations(st.get("Conflicts")),
-                    held=st.get("Status", "").split(" ")[0] == "hold",
-                    source=source_of(st.get("Source"), name, version)[0],
-                ),
-            )
+            found.setdefault((name, arch), _installed(st, name, version, arch))
     # Keyed by name: of a multi-arch package (libc6:amd64 and libc6:i386) the native one.
     native = native_arch({f"{n}:{a}": p for (n, a), p in found.items()})
     out: dict[str, Installed] = {}
@@ -109,6 +105,24 @@ def installed_from_rootfs(rootfs: Path) -> dict[str, Installed]:
         if name not in out or arch == native:
             out[name] = pkg
     return out
+
+
+def _installed(st: Deb822, name: str, version: str, arch: str) -> Installed:
+    try:
+        return Installed(
+            name=name,
+            version=version,
+            arch=arch,
+            depends=parse_relations(st.get("Depends")),
+            pre_depends=parse_relations(st.get("Pre-Depends")),
+            provides=parse_provides(st.get("Provides")),
+            breaks=parse_relations(st.get("Breaks")),
+            conflicts=parse_relations(st.get("Conflicts")),
+            held=st.get("Status", "").split(" ")[0] == "hold",
+            source=source_of(st.get("Source"), name, version)[0],
+        )
+    except ValueError as e:
+        raise damaged(f"package {name!r} has {e}") from None
 
 
 def installed_from_packages(packages: Iterable[InstalledPackage]) -> dict[str, Installed]:

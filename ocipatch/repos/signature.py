@@ -209,14 +209,14 @@ def _gpgv(args: list[str], keyrings: Keyrings, tmp: Path, what: str) -> str:
         proc = subprocess.run(
             argv + args,
             capture_output=True,
-            text=True,
             env={**os.environ, "GNUPGHOME": str(home), "LC_ALL": "C"},
             timeout=GPGV_TIMEOUT,
             check=False,
         )
     except subprocess.TimeoutExpired:
         raise IntegrityError(f"{what}: gpgv did not finish in {GPGV_TIMEOUT:.0f} s") from None
-    return proc.stdout
+    # The status lines echo bytes of the signature (armor headers, user ids): not always UTF-8.
+    return proc.stdout.decode("utf-8", "replace")
 
 
 def _check_clearsigned_shape(data: bytes, what: str) -> None:
