@@ -25,8 +25,7 @@ from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.atomic import atomic_file, target_of
 from ocipatch.oci.cache import CHUNK
 from ocipatch.oci.digest import sha256_bytes, verify_bytes
-from ocipatch.oci.image import diff_ids_of
-from ocipatch.oci.layout import LayoutDestination, parse_index, pick_entry
+from ocipatch.oci.layout import LayoutDestination, pick_entry
 from ocipatch.oci.reference import ImageRef
 from ocipatch.oci.types import Descriptor
 
