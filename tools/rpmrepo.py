@@ -468,15 +468,44 @@ def rpm_sections(data: bytes) -> dict[str, tuple[int, int]]:
             "payload": (hdr_end, len(data))}  # fmt: skip
 
 
+# Where flip_byte aims by default: a value the header keeps parseable when changed. SUMMARY
+# (1004) in the main header; RSAHEADER (256) or else SHA256HEADER (273) in the signature one.
+DEFAULT_TAGS: dict[str, tuple[int, ...]] = {"header": (1004, 1000), "signature": (256, 268, 273)}
+
+
+def _tag_data_offset(data: bytes, start: int, tags: Sequence[int]) -> int:
+    """Absolute offset of the first data byte of the first of `tags` present in the header
+    structure at `start` (index entries: tag, type, offset, count, big-endian)."""
+    il = struct.unpack(">I", data[start + 8 : start + 12])[0]
+    store = start + 16 + 16 * int(il)
+    found: dict[int, int] = {}
+    for i in range(int(il)):
+        tag, _type, off, _count = struct.unpack(
+            ">IIII", data[start + 16 + 16 * i : start + 32 + 16 * i]
+        )
+        found[int(tag)] = store + int(off)
+    for tag in tags:
+        if tag in found:
+            return found[tag] + 1
+    raise RpmRepoError(f"none of the tags {list(tags)} in the header at {start}")
+
+
 def flip_byte(path: Path, part: Part = "payload", offset: int | None = None) -> bytes:
     """Flip one bit of a byte in one part of an .rpm in place; returns the original bytes.
 
-    The default offset is the part's last byte (the header's is in its data store: a string or
-    the like, so the header still parses but its digests and signature no longer match; the
-    payload's is in the compressed stream's trailer region)."""
+    Default places: in the header, a byte of the Summary string (the header still parses, its
+    digests and signature no longer match); in the signature header, a byte of the OpenPGP
+    signature; in the payload, a byte in the middle of the compressed stream. `offset` counts
+    from the start of the part instead."""
     original = path.read_bytes()
-    start, end = rpm_sections(original)[part]
-    at = end - 1 if offset is None else start + offset
+    sections = rpm_sections(original)
+    start, end = sections[part]
+    if offset is not None:
+        at = start + offset
+    elif part == "payload":
+        at = (start + end) // 2
+    else:
+        at = _tag_data_offset(original, start, DEFAULT_TAGS[part])
     if not start <= at < end:
         raise RpmRepoError(f"offset {offset} is outside the {part} of {path}")
     data = bytearray(original)
