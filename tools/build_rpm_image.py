@@ -102,7 +102,7 @@ class Distro:
     compress: Compress = "gz"
     payload: Payload = "zstd"
     key_dir: str = "/etc/pki/rpm-gpg"
-    purl_namespace: str = ""  # trivy's: the os id, but "suse" for SLES
+    purl_namespace: str = ""  # trivy's: the family, but "suse" for SLES
     os_name: str = ""  # trivy's Metadata.OS.Name when not VERSION_ID (CentOS: centos-release)
     extra_release_files: tuple[tuple[str, str], ...] = ()
 
@@ -212,7 +212,7 @@ def specs(d: Distro, key_text: str, busybox: bytes, release: int) -> list[RpmSpe
                 files=ssl_files, requires=[libc, *(["libz.so.1()(64bit)"] if r2 else [])],
                 provides=["libcrypto.so.3()(64bit)", "libssl.so.3()(64bit)",
                           "libcrypto.so.3(OPENSSL_3.0.0)(64bit)"],
-                scripts={"post": "/sbin/ldconfig", "postun": "/sbin/ldconfig"}),
+                scripts={"post": "-p /sbin/ldconfig", "postun": "-p /sbin/ldconfig"}),
         RpmSpec("ca-certificates", ca_ver, _ver(d, "1.0"), **noarch,
                 files=[RpmFile("/etc/pki/tls/certs/ca-bundle.crt", _bundle(ca_ver),
                                config="noreplace")],
@@ -284,7 +284,7 @@ def base_specs(d: Distro, key_text: str, busybox: bytes) -> list[RpmSpec]:
                        _lib("/usr/sbin/ldconfig", "ldconfig")],
                 requires=["filesystem"],
                 provides=["libc.so.6()(64bit)", "libc.so.6(GLIBC_2.34)(64bit)",
-                          "ld-linux-x86-64.so.2()(64bit)"]),
+                          "ld-linux-x86-64.so.2()(64bit)", "/sbin/ldconfig"]),
         RpmSpec("zlib", "1.2.11", _ver(d, "40"), **common,
                 files=[_lib("/usr/lib64/libz.so.1.2.11", "zlib"),
                        RpmFile("/usr/lib64/libz.so.1", kind="symlink", target="libz.so.1.2.11")],
@@ -511,10 +511,10 @@ def layer_tar(entries: Sequence[Entry]) -> bytes:
 
 
 def _purl_version(spec: RpmSpec, d: Distro) -> str:
-    q = f"?arch={spec.arch}&distro={d.os_id}-{d.os_name or d.version_id}"
+    q = f"?arch={spec.arch}&distro={d.family}-{d.os_name or d.version_id}"
     if spec.epoch:
         q += f"&epoch={spec.epoch}"
-    ns = d.purl_namespace or d.os_id
+    ns = d.purl_namespace or d.family
     return f"pkg:rpm/{ns}/{spec.name}@{spec.version}-{spec.release}{q}"
 
 

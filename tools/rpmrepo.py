@@ -164,7 +164,8 @@ class RpmSpec:
     provides: Sequence[str] = ()
     obsoletes: Sequence[str] = ()
     conflicts: Sequence[str] = ()
-    scripts: Mapping[str, str] = field(default_factory=dict)  # post -> shell text
+    # post -> shell text, or "-p /sbin/ldconfig" (interpreter form: no /bin/sh needed)
+    scripts: Mapping[str, str] = field(default_factory=dict)
     source: str = ""  # source package name (SOURCERPM = <source>-<version>-<release>.src.rpm)
     vendor: str = "ocipatch tests"
     summary: str = "ocipatch test package"
@@ -293,8 +294,13 @@ def spec_text(spec: RpmSpec, stage: Path) -> str:
     if unknown:
         raise RpmRepoError(f"unknown rpm scriptlet(s) {sorted(unknown)} in {spec.name}")
     for s in SCRIPTS:
-        if s in spec.scripts:
-            body += [f"%{s}{label}", spec.scripts[s].rstrip("\n"), ""]
+        if s not in spec.scripts:
+            continue
+        text = spec.scripts[s]
+        if text.startswith("-p "):  # interpreter form: `%post -p /sbin/ldconfig`, no body
+            body += [f"%{s}{label} {text.strip()}", ""]
+        else:
+            body += [f"%{s}{label}", text.rstrip("\n"), ""]
     return "\n".join(head + body)
 
 
