@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -112,7 +113,8 @@ def unpack(img: RpmImage, dest: Path) -> Path:
 def test_layout_opens_with_skopeo_and_umoci(kind: str, rpm_image: MakeImage, tmp_path: Path):
     img = rpm_image(kind, "t1")
     info = json.loads(skopeo("inspect", f"oci:{img.layout}:t1"))
-    assert (info["Architecture"], info["Os"], len(info["Layers"])) == ("amd64", "linux", 1)
+    layers = 2 if kind == "rocky-multilayer" else 1
+    assert (info["Architecture"], info["Os"], len(info["Layers"])) == ("amd64", "linux", layers)
     root = unpack(img, tmp_path / "u")
     d = DISTROS[img.kind]
     assert f'ID="{d.os_id}"\n' in (root / "etc/os-release").read_text()
@@ -153,6 +155,22 @@ def test_sysimage_db_with_var_lib_rpm_link(kind: str, rpm_image: MakeImage, tmp_
     assert img.db_path == "usr/lib/sysimage/rpm/rpmdb.sqlite"
     root = unpack(img, tmp_path / "u")
     assert os.readlink(root / "var/lib/rpm") == "../../usr/lib/sysimage/rpm"
+
+
+def test_multilayer_upper_layer_rewrites_the_db_and_whiteouts(rpm_image: MakeImage, tmp_path: Path):
+    img = rpm_image("rocky-multilayer")
+    root = unpack(img, tmp_path / "u")
+    assert not (root / "etc/hostname").exists()  # the upper layer's whiteout
+    assert img.installed["zlib"] == "1.2.11-40.el9"
+    assert os.readlink(root / "usr/lib64/libz.so.1") == "libz.so.1.2.11"
+    index = json.loads((img.layout / "index.json").read_text())
+    manifest = json.loads((img.layout / "blobs/sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())  # fmt: skip
+    upper = img.layout / "blobs/sha256" / manifest["layers"][1]["digest"].split(":")[1]
+    with tarfile.open(upper) as tar:
+        names = tar.getnames()
+    assert "etc/.wh.hostname" in names and "var/lib/rpm/rpmdb.sqlite" in names
+    assert "usr/lib64/libz.so.1.2.11" in names and "usr/bin/busybox" not in names
 
 
 def test_centos7_db_is_berkeley_db_hash(rpm_image: MakeImage, tmp_path: Path):

@@ -18,6 +18,8 @@ Kinds:
   /var/lib/rpmmanifest/container-manifest-1 and -2 (the format of `rpm -qa --qf ...`).
 - `sles`: SLES 15 SP6 shaped (ID=sles), rpmdb.sqlite at /usr/lib/sysimage/rpm (Debian's rpm
   cannot write SUSE's NDB `Packages.db`), /etc/zypp/repos.d/SLE_BCI.repo, zypper stub.
+- `rocky-multilayer`: the `rocky` layer, then one with zlib's files, the rewritten
+  rpmdb.sqlite and a whiteout of /etc/hostname (`dnf install zlib && rm /etc/hostname`).
 - `centos7`: CentOS 7 shaped, BerkeleyDB hash /var/lib/rpm/Packages (Debian's rpm has only the
   read-only bdb backend, so the SQLite db's header blobs are written with db5.3_load, keyed by
   their record numbers in host byte order, as rpm's bdb backend stores them).
@@ -67,8 +69,14 @@ from tools.rpmrepo import (
     build_repo,
 )
 
-Kind = Literal["rocky", "fedora", "ubi-micro", "azurelinux", "sles", "centos7"]
-KINDS: tuple[Kind, ...] = ("rocky", "fedora", "ubi-micro", "azurelinux", "sles", "centos7")
+Kind = Literal[
+    "rocky", "fedora", "ubi-micro", "azurelinux", "sles", "centos7", "rocky-multilayer"
+]  # fmt: skip
+KINDS: tuple[Kind, ...] = (
+    "rocky", "fedora", "ubi-micro", "azurelinux", "sles", "centos7", "rocky-multilayer"
+)  # fmt: skip
+# Kinds made of another kind's layer plus an upper one (same distro and repository).
+DERIVED: dict[Kind, Kind] = {"rocky-multilayer": "rocky"}
 MIRROR_BASE = "https://rpm.invalid"
 KEY_NAME = "RPM-GPG-KEY-test"
 FORMAT_VERSION = "rpm-fixtures-1"
@@ -143,6 +151,7 @@ DISTROS: dict[Kind, Distro] = {
                                     ("/etc/redhat-release", "CentOS Linux release 7.9.2009 (Core)\n"))),
     )
 }  # fmt: skip
+DISTROS.update({k: DISTROS[base] for k, base in DERIVED.items()})
 ARCH = "x86_64"
 
 
@@ -326,6 +335,8 @@ def build_repos(root: Path, busybox: bytes, work: Path) -> RpmRepos:
     key_text = key.public_armored().decode()
     out = RpmRepos(root, key)
     for kind, d in DISTROS.items():
+        if kind in DERIVED:
+            continue
         r1 = specs(d, key_text, busybox, 1)
         repo = build_repo(root / repo_dir(d), r1 + specs(d, key_text, busybox, 2), key,
                           compress=d.compress, payload=d.payload)  # fmt: skip
@@ -391,19 +402,27 @@ def make_rpmdb(work: Path, dbpath: str, key_file: Path, pkgs: Sequence[BuiltRpm]
     root = work / "root"
     base = ["rpm", "--root", str(root), "--dbpath", dbpath, "--define", "_db_backend sqlite"]
     env = rpm_env()
-    for args in (
-        ["--initdb"],
-        ["--import", str(key_file)],
-        ["-i", "--justdb", "--nodeps", "--noscripts", *[str(p.path) for p in pkgs]],
-    ):
+    for args in (["--initdb"], ["--import", str(key_file)]):
         proc = subprocess.run([*base, *args], capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
-            raise RpmImageError(f"rpm {' '.join(args[:2])} failed: {proc.stderr.strip()}")
+            raise RpmImageError(f"rpm {args[0]} failed: {proc.stderr.strip()}")
+    install_justdb(root, dbpath, pkgs)
+    return root
+
+
+def install_justdb(root: Path, dbpath: str, pkgs: Sequence[BuiltRpm]) -> Path:
+    """`rpm --root R -i --justdb --nodeps --noscripts`; returns the db file with its WAL folded
+    in (rpm leaves it in WAL mode, as on real systems)."""
+    cmd = ["rpm", "--root", str(root), "--dbpath", dbpath, "--define", "_db_backend sqlite",
+           "-i", "--justdb", "--nodeps", "--noscripts", *[str(p.path) for p in pkgs]]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=rpm_env(), check=False)
+    if proc.returncode != 0:
+        raise RpmImageError(f"rpm -i --justdb failed: {proc.stderr.strip()}")
     db = root / dbpath.lstrip("/") / "rpmdb.sqlite"
-    con = sqlite3.connect(db)  # fold the WAL in; rpm leaves the file in WAL mode
+    con = sqlite3.connect(db)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
-    return root
+    return db
 
 
 def sqlite_to_bdb(sqlite_db: Path, target: Path) -> Path:
@@ -485,6 +504,26 @@ def root_entries(
     return list(entries.values()), db_file
 
 
+def upper_entries(d: Distro, added: Sequence[BuiltRpm], work: Path) -> list[Entry]:
+    """A second layer as `dnf install <added> && rm /etc/hostname` leaves it: the added
+    packages' files, the whole rewritten rpmdb.sqlite (rpm continues the lower layer's db) and
+    a whiteout."""
+    entries = [e for p in added for e in payload_entries(p)]
+    db = install_justdb(work / "root", d.dbpath, added)
+    entries.append(_file(f"{d.dbpath}/rpmdb.sqlite", db.read_bytes()))
+    entries.append(_file("/etc/.wh.hostname", b""))
+    return entries
+
+
+MULTILAYER_ADDS = ("zlib",)
+MULTILAYER_STEP = "dnf install -y zlib && rm /etc/hostname"
+
+
+def layer_of(entries: Sequence[Entry]) -> Layer:
+    raw = layer_tar(entries)
+    return Layer(gz(raw), sha256_bytes(raw))
+
+
 def _parents(rel: str) -> list[str]:
     parts = rel.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
@@ -539,9 +578,9 @@ def fixes(installed: Sequence[BuiltRpm], available: Sequence[BuiltRpm]) -> dict[
 
 
 def trivy_report(d: Distro, installed: Sequence[BuiltRpm], available: Sequence[BuiltRpm],
-                 layer: Layer, artifact: str = "") -> dict[str, Any]:  # fmt: skip
+                 layer: Layer, kind: str = "", artifact: str = "") -> dict[str, Any]:  # fmt: skip
     """A Trivy JSON report (SchemaVersion 2): one fixed vulnerability per package with a fix."""
-    artifact = artifact or f"ocipatch-test/{d.kind}:latest"
+    artifact = artifact or f"ocipatch-test/{kind or d.kind}:latest"
     vulns = []
     for n, (name, fix) in enumerate(fixes(installed, available).items()):
         pkg = next(p.spec for p in installed if p.name == name)
@@ -624,15 +663,24 @@ def build_all(target: Path, busybox: bytes) -> None:
         work = Path(tmp) / "out"
         repos = build_repos(work / "repo", busybox, Path(tmp))
         meta: dict[str, Any] = {}
+        layers: dict[Kind, list[Layer]] = {}
         for kind, d in DISTROS.items():
-            repo = repos.repos[kind]
-            pkgs = repos.installed[kind]
-            entries, db_file = root_entries(d, pkgs, repos.key, Path(tmp) / kind)
-            raw = layer_tar(entries)
-            layer = Layer(gz(raw), sha256_bytes(raw))
+            repo = repos.repos[DERIVED.get(kind, kind)]
+            pkgs = list(repos.installed[DERIVED.get(kind, kind)])
+            if kind in DERIVED:
+                added = [p for p in repo.packages if p.name in MULTILAYER_ADDS]
+                upper = layer_of(upper_entries(d, added, Path(tmp) / DERIVED[kind]))
+                layers[kind] = [*layers[DERIVED[kind]], upper]
+                pkgs += added
+                history = [f"rpm-fixture {DERIVED[kind]}", MULTILAYER_STEP]
+                db_file = f"{d.dbpath.strip('/')}/rpmdb.sqlite"
+            else:
+                entries, db_file = root_entries(d, pkgs, repos.key, Path(tmp) / kind)
+                layers[kind] = [layer_of(entries)]
+                history = [f"rpm-fixture {kind}"]
             cmd = ["/bin/sh"] if d.shell else []
-            write_layout(work / kind, [layer], [f"rpm-fixture {kind}"], cmd, ARCH)
-            report = trivy_report(d, pkgs, repo.packages, layer)
+            write_layout(work / kind, layers[kind], history, cmd, ARCH)
+            report = trivy_report(d, pkgs, repo.packages, layers[kind][0], kind)
             (work / f"{kind}.report.json").write_text(json.dumps(report, indent=2) + "\n")
             meta[kind] = {
                 "installed": {p.name: trivy_version(p.spec) for p in pkgs},
