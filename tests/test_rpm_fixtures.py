@@ -143,10 +143,17 @@ def test_real_rpm_lists_and_verifies_the_db(kind: str, rpm_image: MakeImage, tmp
     assert pubkeys == ["gpg-pubkey"]  # imported with rpm --import
     listed.pop("gpg-pubkey")
     assert listed == img.installed
-    if img.db_path.endswith("rpmdb.sqlite"):
-        # every file's digest, mode, owner and link target as the header records them
-        proc = rpm("--root", str(root), "--dbpath", dbpath_of(img), "-Va", check=False)
-        assert (proc.returncode, proc.stdout) == (0, ""), proc.stdout + proc.stderr
+    backend = "bdb_ro" if img.db_path.endswith("/Packages") else "sqlite"
+    db = ["--root", str(root), "--dbpath", dbpath_of(img), "--define", f"_db_backend {backend}"]
+    # every file's digest, mode, owner and link target as the header records them
+    proc = rpm(*db, "-Va", check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), proc.stdout + proc.stderr
+    # the index tables: by name, by file, by provide, by require
+    assert rpm(*db, "-q", "openssl-libs").stdout.startswith("openssl-libs-3.0.7-24.")
+    assert rpm(*db, "-qf", "/usr/lib64/libcrypto.so.3").stdout.startswith("openssl-libs-")
+    assert rpm(*db, "-q", "--whatprovides", "libc.so.6()(64bit)").stdout.startswith("glibc-")
+    requirers = rpm(*db, "-q", "--whatrequires", "libc.so.6()(64bit)").stdout
+    assert "libxml2-2.9.13-5." in requirers
 
 
 @pytest.mark.parametrize("kind", ["fedora", "sles"])
@@ -179,6 +186,9 @@ def test_centos7_db_is_berkeley_db_hash(rpm_image: MakeImage, tmp_path: Path):
     db = root / "var/lib/rpm/Packages"
     # Berkeley DB hash magic 0x061561 at offset 12 (little-endian, as written here)
     assert db.read_bytes()[12:16] == bytes.fromhex("61150600")
+    # the indexes are btrees (magic 0x053162)
+    for index in ("Name", "Basenames", "Providename", "Requirename", "Sigmd5", "Installtid"):
+        assert (root / "var/lib/rpm" / index).read_bytes()[12:16] == bytes.fromhex("62310500")
     if shutil.which("db5.3_dump"):
         dump = subprocess.run(["db5.3_dump", str(db)], capture_output=True, text=True,
                               check=True).stdout  # fmt: skip

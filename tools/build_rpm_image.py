@@ -20,9 +20,9 @@ Kinds:
   cannot write SUSE's NDB `Packages.db`), /etc/zypp/repos.d/SLE_BCI.repo, zypper stub.
 - `rocky-multilayer`: the `rocky` layer, then one with zlib's files, the rewritten
   rpmdb.sqlite and a whiteout of /etc/hostname (`dnf install zlib && rm /etc/hostname`).
-- `centos7`: CentOS 7 shaped, BerkeleyDB hash /var/lib/rpm/Packages (Debian's rpm has only the
-  read-only bdb backend, so the SQLite db's header blobs are written with db5.3_load, keyed by
-  their record numbers in host byte order, as rpm's bdb backend stores them).
+- `centos7`: CentOS 7 shaped, BerkeleyDB rpmdb in /var/lib/rpm: `Packages` (hash) and the index
+  btrees (Name, Basenames, Providename, ...). Debian's rpm has only the read-only bdb backend,
+  so the SQLite db's tables are written with db5.3_load (see sqlite_to_bdb).
 
 Each kind has its own repository (`https://rpm.invalid/<path>`, see REPO_PATHS; tests map it
 with `--repo-mirror https://rpm.invalid=http://127.0.0.1:PORT` or to file://) holding release 1
@@ -44,6 +44,7 @@ import io
 import json
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import tarfile
@@ -425,23 +426,43 @@ def install_justdb(root: Path, dbpath: str, pkgs: Sequence[BuiltRpm]) -> Path:
     return db
 
 
-def sqlite_to_bdb(sqlite_db: Path, target: Path) -> Path:
-    """BerkeleyDB hash `Packages` from a SQLite rpmdb: the same header blobs under 4-byte
-    record-number keys (host order), as rpm's bdb backend wrote them (db5.3_load)."""
-    if shutil.which("db5.3_load") is None:
-        raise RpmImageError("db5.3_load missing: apt-get install db5.3-util")
-    con = sqlite3.connect(f"file:{sqlite_db}?immutable=1", uri=True)
-    rows = con.execute("SELECT hnum, blob FROM Packages ORDER BY hnum").fetchall()
-    con.close()
-    lines = ["VERSION=3", "format=bytevalue", "type=hash", "db_pagesize=4096", "HEADER=END"]
-    for hnum, blob in rows:
-        lines += [" " + int(hnum).to_bytes(4, "little").hex(), " " + bytes(blob).hex()]
+def _db_load(target: Path, kind: str, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+    lines = ["VERSION=3", "format=bytevalue", f"type={kind}", "db_pagesize=4096", "HEADER=END"]
+    for key, value in pairs:
+        lines += [" " + key.hex(), " " + value.hex()]
     lines += ["DATA=END", ""]
-    target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
     subprocess.run(["db5.3_load", "-c", "db_lorder=1234", str(target)],
                    input="\n".join(lines).encode(), check=True, capture_output=True)  # fmt: skip
-    return target
+
+
+def sqlite_to_bdb(sqlite_db: Path, target_dir: Path) -> list[Path]:
+    """A BerkeleyDB rpmdb directory from a SQLite one, as rpm's bdb backend lays it out:
+    `Packages` (hash: 4-byte record numbers in host order -> header blobs) and one btree per
+    index table (Name, Basenames, Providename, ...: key -> (hnum, idx) pairs, host order).
+    Written by db5.3_load; the real rpm's bdb_ro backend reads it (-qa, -q NAME, -qf, -V)."""
+    if shutil.which("db5.3_load") is None:
+        raise RpmImageError("db5.3_load missing: apt-get install db5.3-util")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(f"file:{sqlite_db}?immutable=1", uri=True)
+    rows = con.execute("SELECT hnum, blob FROM Packages ORDER BY hnum").fetchall()
+    _db_load(target_dir / "Packages", "hash",
+             [(int(h).to_bytes(4, "little"), bytes(b)) for h, b in rows])  # fmt: skip
+    written = [target_dir / "Packages"]
+    tables = [r[0] for r in con.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+        " AND name != 'Packages' ORDER BY name")]  # fmt: skip
+    for table in tables:
+        items: dict[bytes, bytes] = {}
+        for key, hnum, idx in con.execute(
+            f"SELECT key, hnum, idx FROM '{table}' ORDER BY hnum, idx"
+        ):
+            k = key.encode() if isinstance(key, str) else bytes(key)
+            items[k] = items.get(k, b"") + struct.pack("<II", hnum, idx)
+        _db_load(target_dir / table, "btree", sorted(items.items()))
+        written.append(target_dir / table)
+    con.close()
+    return written
 
 
 MANIFEST_QF = (
@@ -490,8 +511,8 @@ def root_entries(
         )
         db_file = "var/lib/rpmmanifest/container-manifest-2"
     elif d.kind == "centos7":
-        bdb = sqlite_to_bdb(sqlite_db, work / "Packages")
-        entries[f"{db_rel}/Packages"] = _file(f"/{db_rel}/Packages", bdb.read_bytes())
+        for f in sqlite_to_bdb(sqlite_db, work / "bdb"):
+            entries[f"{db_rel}/{f.name}"] = _file(f"/{db_rel}/{f.name}", f.read_bytes())
         db_file = f"{db_rel}/Packages"
     else:
         entries[f"{db_rel}/rpmdb.sqlite"] = _file(f"/{db_rel}/rpmdb.sqlite", sqlite_db.read_bytes())
