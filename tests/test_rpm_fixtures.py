@@ -361,31 +361,49 @@ def test_package_headers_carry_what_the_spec_says(rpm_image: MakeImage):
     assert "postinstall program: /sbin/ldconfig" in scripts.stdout
 
 
+def _dnf(img: RpmImage, tmp: Path, base_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """dnf (Debian's, an independent repo reader) with only the fixture's repository, its
+    signature checks on (gpgcheck, repo_gpgcheck) and the fixture's key."""
+    reposdir = tmp / "repos.d"
+    reposdir.mkdir(exist_ok=True)
+    (reposdir / "t.repo").write_text(
+        f"[t]\nname=t\nbaseurl={img.repo_url.replace(MIRROR_BASE, base_url)}\nenabled=1\n"
+        f"gpgcheck=1\nrepo_gpgcheck=1\ngpgkey={img.key_file.as_uri()}\n"
+        "skip_if_unavailable=0\n"  # a bad repository is an error, not a warning
+    )
+    cmd = ["dnf", "-y", "-q", f"--installroot={tmp / 'root'}", f"--setopt=reposdir={reposdir}",
+           f"--setopt=cachedir={tmp / 'cache'}", "--releasever=9", "--forcearch=x86_64", *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+
+
+needs_dnf = pytest.mark.skipif(shutil.which("dnf") is None, reason="dnf not installed")
+
+
+@needs_dnf
 def test_dnf_reads_the_served_repository(rpm_image: MakeImage, tmp_path: Path):
-    if shutil.which("dnf") is None:
-        pytest.skip("dnf not installed (apt-get install dnf)")
     img = rpm_image("rocky")
     with serve(img.repo_root) as server:
-        url = img.repo_url.replace(MIRROR_BASE, server.url)
-        reposdir = tmp_path / "repos.d"
-        reposdir.mkdir()
-        (reposdir / "t.repo").write_text(
-            f"[t]\nname=t\nbaseurl={url}\nenabled=1\ngpgcheck=1\nrepo_gpgcheck=1\n"
-            f"gpgkey={img.key_file.as_uri()}\n"
-        )
-        base = ["dnf", "-y", "-q", f"--installroot={tmp_path / 'root'}",
-                f"--setopt=reposdir={reposdir}", "--setopt=cachedir=" + str(tmp_path / "cache"),
-                "--releasever=9", "--forcearch=x86_64", "--setopt=tsflags=justdb"]  # fmt: skip
-        subprocess.run([*base, "makecache"], capture_output=True, text=True, check=True,
-                       timeout=300)  # fmt: skip
-        out = subprocess.run([*base, "repoquery", "--qf", "%{name}-%{evr}", "openssl-libs",
-                              "libcurl", "--whatobsoletes", "libcurl-minimal"],
-                             capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
-        listing = subprocess.run([*base, "repoquery", "--qf", "%{name}-%{evr}"],
-                                 capture_output=True, text=True, check=True,
-                                 timeout=300).stdout.split()  # fmt: skip
-    assert "openssl-libs-1:3.0.7-25.el9" in listing and "libxml2-1:2.9.13-6.el9" in listing
-    assert out.returncode == 0
+        assert _dnf(img, tmp_path, server.url, "makecache").returncode == 0
+        listing = _dnf(img, tmp_path, server.url, "repoquery", "--qf", "%{name}-%{evr}")
+        obsoleters = _dnf(img, tmp_path, server.url, "repoquery", "--qf", "%{name}",
+                          "--whatobsoletes", "libcurl-minimal")  # fmt: skip
+    names = listing.stdout.split()
+    assert "openssl-libs-1:3.0.7-25.el9" in names and "libxml2-1:2.9.13-6.el9" in names
+    assert "zlib-1.2.11-40.el9" in names
+    assert obsoleters.stdout.split() == ["libcurl"]
+
+
+@needs_dnf
+def test_dnf_rejects_a_tampered_repomd(rpm_image: MakeImage, tmp_path: Path):
+    img = rpm_image("rocky")
+    root = tmp_path / "tree"
+    shutil.copytree(img.repo_root, root)
+    rel = img.repo_dir.relative_to(img.repo_root)
+    flip_file_byte(root / rel / "repodata/repomd.xml", 60)
+    with serve(root) as server:
+        proc = _dnf(img, tmp_path, server.url, "makecache")
+    assert proc.returncode != 0  # repomd.xml.asc no longer verifies
+    assert "GPG signature verification error" in proc.stderr
 
 
 def test_tampered_repository_metadata_is_detectable(rpm_image: MakeImage, tmp_path: Path):

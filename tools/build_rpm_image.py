@@ -42,6 +42,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import shutil
 import sqlite3
 import struct
@@ -393,8 +394,7 @@ def _symlink(path: str, target: str) -> Entry:
 
 
 def rpm_env() -> dict[str, str]:
-    import os
-
+    """Install times from SOURCE_DATE_EPOCH (rpm 4.18 honours it), C locale, UTC."""
     return {**os.environ, "SOURCE_DATE_EPOCH": str(BUILDTIME), "TZ": "UTC", "LC_ALL": "C"}
 
 
