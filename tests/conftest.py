@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.plugins.images",
     "tests.plugins.aptrepo",
     "tests.plugins.apkimages",
+    "tests.plugins.rpmimages",
 ]
