@@ -63,7 +63,7 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
             "1.el9",
             files=[RpmFile("/usr/bin/hello", "#!/bin/sh\n", 0o755)],
             requires=["libfoo.so.1()(64bit)", "/bin/sh"],
-        ),  # fmt: skip
+        ),
         RpmSpec(
             "libfoo",
             "2.0",
@@ -71,14 +71,14 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
             epoch=1,
             provides=["libfoo.so.1()(64bit)"],
             files=[RpmFile("/usr/lib64/libfoo.so.1", "elf")],
-        ),  # fmt: skip
+        ),
         RpmSpec(
             "tzdata",
             "2024a",
             "1.el9",
             arch="noarch",
             files=[RpmFile("/usr/share/zoneinfo/UTC", "TZif")],
-        ),  # fmt: skip
+        ),
     ]
     return Fixture(build_repo(tmp / "repo", specs, key), key, other)
 
@@ -219,7 +219,7 @@ def test_metalink_repository_taken_by_repo_id_mirror(signed: Fixture, tmp_path: 
 
 def test_bad_repo_file_and_bad_scheme(signed: Fixture, tmp_path: Path) -> None:
     root = make_root(tmp_path, signed, "baseurl=http://x/\n[ok]\n")
-    with pytest.raises(ImageFormatError, match="test.repo"):
+    with pytest.raises(ImageFormatError, match=r"test\.repo"):
         repos(root, tmp_path, "file:///x")
     root2 = make_root(tmp_path / "b", signed, "[r]\nbaseurl=ftp://x.invalid/repo/\n")
     with pytest.raises(UnsupportedError, match=r"ftp://.*--repo-mirror"):
