@@ -55,6 +55,12 @@ class _Pkg:
     obsoletes: tuple[Dependency, ...]
     conflicts: tuple[Dependency, ...]
     files: frozenset[str]
+    complete_files: bool = True  # False: primary.xml, which lists only some paths
+
+
+def in_primary_scope(path: str) -> bool:
+    """The files createrepo_c lists in primary.xml: /etc/*, */bin/*, /usr/lib/sendmail."""
+    return path.startswith("/etc/") or "bin/" in path or path == "/usr/lib/sendmail"
 
 
 def _installed(p: Package) -> _Pkg:
@@ -74,7 +80,15 @@ def _installed(p: Package) -> _Pkg:
 def _candidate(c: RpmCandidate) -> _Pkg:
     e = c.entry
     return _Pkg(
-        e.name, e.arch, e.evr, e.provides, e.requires, e.obsoletes, e.conflicts, frozenset(e.files)
+        e.name,
+        e.arch,
+        e.evr,
+        e.provides,
+        e.requires,
+        e.obsoletes,
+        e.conflicts,
+        frozenset(e.files),
+        complete_files=False,
     )
 
 
@@ -175,7 +189,14 @@ class _Solver:
         ]
 
     def met(self, dep: Dependency, system: Iterable[_Pkg]) -> bool:
-        return any(provides(p, dep) for p in system)
+        system = list(system)
+        if any(provides(p, dep) for p in system):
+            return True
+        # A path primary.xml does not list: an upgrade keeps the file its installed version had.
+        if dep.name.startswith("/") and not in_primary_scope(dep.name):
+            names = {p.name for p in system if not p.complete_files}
+            return any(p.name in names and dep.name in p.files for p in self.installed.values())
+        return False
 
     def choose(self, key: Key, c: RpmCandidate, reason: str) -> None:
         self.chosen[key] = c
