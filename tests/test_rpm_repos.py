@@ -6,6 +6,9 @@ primary in gz/xz/zst, package checksums, digests and signatures, keys from the i
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ from ocipatch.distro.rpm.repos import RpmRepositories, image_repos, image_vars
 from ocipatch.distro.rpm.verify import verify_rpm
 from ocipatch.errors import ImageFormatError, IntegrityError, ResolveError, UnsupportedError
 from ocipatch.repos.fetch import Fetcher
-from ocipatch.repos.signature import Keyrings
+from ocipatch.repos.signature import Keyrings, verify_detached
 from tests.rpm_formats import FORMATS, needs_formats, sample_dirs
 from tools.rpmrepo import (
     GpgKey,
@@ -492,3 +495,90 @@ def test_repomd_tampered_byte_flip_file_url(signed: Fixture, tmp_path: Path) -> 
     root = make_root(tmp_path, signed)
     with pytest.raises(IntegrityError):
         repos(root, tmp_path, repo.as_uri()).update()
+
+
+def test_legacy_header_and_payload_signature(signed: Fixture, tmp_path: Path) -> None:
+    """`rpmsign --rpmv3` adds the v3 signature over header+payload (tag 1002): checked too."""
+    from ocipatch.distro.rpm.header import read_rpm
+    from ocipatch.distro.rpm.verify import SIG_PGP, SIG_RSA_HEADER, signed_parts
+    from tools.rpmrepo import GPG_TIME
+
+    path = tmp_path / "p.rpm"
+    shutil.copy(signed.repo.package("tzdata").path, path)
+    strip_signature(path)
+    key = signed.key
+    subprocess.run(
+        ["rpmsign", "--addsign", "--rpmv3", "--define", f"_gpg_name {key.fingerprint}",
+         "--define", f"_gpg_path {key.home}", "--define", "__gpg /usr/bin/gpg",
+         "--define", f"_gpg_sign_cmd_extra_args --faked-system-time {GPG_TIME}", str(path)],
+        check=True, capture_output=True, env={**os.environ, "GNUPGHOME": str(key.home)},
+    )  # fmt: skip
+    sig = read_rpm(path.read_bytes(), "p").signature
+    assert sig.binary(SIG_PGP) and sig.binary(SIG_RSA_HEADER)
+    rings = Keyrings((("test", key.keyring(tmp_path / "k.gpg").read_bytes()),))
+    assert verify_rpm(path.read_bytes(), "p.rpm", rings).package.name == "tzdata"
+    # the v3 signature alone: good over header+payload, BAD once one payload byte changes
+    parts = signed_parts(path.read_bytes(), "p.rpm")
+    assert parts.header_and_payload == parts.header + parts.payload
+    v3 = sig.binary(SIG_PGP)
+    assert v3 is not None
+    verify_detached(parts.header_and_payload, v3, rings, "v3")
+    flip_byte(path, "payload")
+    altered = signed_parts(path.read_bytes(), "p.rpm").header_and_payload
+    with pytest.raises(IntegrityError, match="BAD signature"):
+        verify_detached(altered, v3, rings, "v3")
+    with pytest.raises(IntegrityError, match=r"p.rpm: (MD5|payload sha256) digest mismatch"):
+        verify_rpm(path.read_bytes(), "p.rpm", rings)
+
+
+def test_header_signature_covers_header_from_magic(signed: Fixture, tmp_path: Path) -> None:
+    from ocipatch.distro.rpm.verify import SIG_RSA_HEADER, signed_parts
+
+    path = tmp_path / "p.rpm"
+    shutil.copy(signed.repo.package("hello").path, path)
+    rings = Keyrings((("test", signed.key.keyring(tmp_path / "k.gpg").read_bytes()),))
+    parts = signed_parts(path.read_bytes(), "p.rpm")
+    assert parts.header[:3] == b"\x8e\xad\xe8"
+    packet = parts.rpm.signature.binary(SIG_RSA_HEADER)
+    assert packet is not None
+    verify_detached(parts.header, packet, rings, "hdr")
+    with pytest.raises(IntegrityError, match="BAD signature"):
+        verify_detached(parts.header[8:], packet, rings, "hdr")  # without the magic: not it
+    flip_byte(path, "header")
+    with pytest.raises(IntegrityError, match="BAD signature"):
+        verify_detached(signed_parts(path.read_bytes(), "p").header, packet, rings, "hdr")
+
+
+def test_location_xml_base_and_absolute_href(signed: Fixture, tmp_path: Path) -> None:
+    repo = copy_repo(signed, tmp_path / "repo")
+    moved = tmp_path / "pool"
+    shutil.move(repo / "Packages", moved / "Packages")
+    rewrite = f'<location xml:base="{moved.as_uri()}/" href="Packages/h/'
+    md = parse_repomd((repo / "repodata/repomd.xml").read_bytes(), "r")
+    path = repo / md.files["primary"].href
+    raw = gzip.decompress(path.read_bytes()).replace(
+        b'<location href="Packages/h/', rewrite.encode()
+    )
+    path.write_bytes(gzip.compress(raw))
+    text = (repo / "repodata/repomd.xml").read_text()
+    new_sum = hashlib.sha256(path.read_bytes()).hexdigest()
+    open_sum = hashlib.sha256(raw).hexdigest()
+    text = re.sub(
+        r'(<data type="primary">\s*<checksum type="sha256">)[0-9a-f]+',
+        rf"\g<1>{new_sum}",
+        text,
+    )
+    text = re.sub(
+        r'(<data type="primary">.*?<open-checksum type="sha256">)[0-9a-f]+',
+        rf"\g<1>{open_sum}",
+        text,
+        flags=re.S,
+    )
+    (repo / "repodata/repomd.xml").write_text(text)
+    root = make_root(
+        tmp_path, signed, f"[r]\nbaseurl={repo.as_uri()}\ngpgcheck=1\ngpgkey=file://{KEY_PATH}\n"
+    )
+    r = RpmRepositories(root, tmp_path / "c", "x86_64")
+    hello = next(c for c in r.update() if c.name == "hello")
+    assert hello.url == f"{moved.as_uri()}/Packages/h/hello-1.1-1.el9.x86_64.rpm"
+    assert r.download(hello)[1].package.name == "hello"
