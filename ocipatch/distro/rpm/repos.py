@@ -331,9 +331,17 @@ class RpmRepositories:
                 raise UnsupportedError(repo.unsupported)
             base, repomd = self.repomd(repo)
             for entry in self.primary(repo, base, repomd):
-                url = _join(entry.base or base, entry.href)
-                out.append(RpmCandidate(entry, repo.id, rewrite(url, self.mirrors)))
+                out.append(RpmCandidate(entry, repo.id, self._package_url(base, entry)))
         return out
+
+    def _package_url(self, base: str, entry: PrimaryEntry) -> str:
+        """Relative hrefs under the (already mirrored) baseurl; an xml:base or absolute href
+        names another server, which --repo-mirror rewrites too."""
+        if not entry.base and "://" not in entry.href:
+            return _join(base, entry.href)
+        url = rewrite(_join(entry.base or base, entry.href), self.mirrors)
+        check_scheme(url, f"primary.xml of {base}")
+        return url
 
     def repomd(self, repo: RepoDef) -> tuple[str, Repomd]:
         """(the baseurl that answered, its verified repomd)."""
