@@ -103,7 +103,9 @@ def make_root(
 ) -> Path:
     root = tmp / "rootfs"
     (root / "etc/yum.repos.d").mkdir(parents=True)
-    (root / "etc/os-release").write_text(f'NAME="Test EL"\nID=testel\nVERSION_ID="{version_id}"\n')
+    (root / "etc/os-release").write_text(
+        f'NAME="Rocky Linux"\nID=rocky\nID_LIKE="rhel centos fedora"\nVERSION_ID="{version_id}"\n'
+    )
     if key:
         fx.key.write_public(root / KEY_PATH.lstrip("/").rsplit("/", 1)[0])
     (root / "etc/yum.repos.d/test.repo").write_text(
@@ -142,7 +144,7 @@ def test_repo_files_variables_mirrors_and_defaults(tmp_path: Path) -> None:
     root = tmp_path / "r"
     for d in ("etc/yum.repos.d", "etc/dnf/vars", "etc/yum/vars", "etc/zypp/repos.d"):
         (root / d).mkdir(parents=True)
-    (root / "etc/os-release").write_text('VERSION_ID="8.10"\n')
+    (root / "etc/os-release").write_text('ID="centos"\nVERSION_ID="8.10"\n')
     (root / "etc/dnf/vars/contentdir").write_text("centos\n")
     (root / "etc/yum/vars/stream").write_text("8-stream\n")
     (root / "etc/dnf/dnf.conf").write_text("[main]\ngpgcheck=1\ninstallonly_limit=3\n")
@@ -189,14 +191,43 @@ def test_repo_files_variables_mirrors_and_defaults(tmp_path: Path) -> None:
     assert "yast2" in by_id["repo-src"].unsupported
 
 
-def test_releasever_from_release_package_and_var_files(tmp_path: Path) -> None:
+def test_releasever_from_os_release_db_and_var_files(tmp_path: Path) -> None:
     root = tmp_path / "r"
     (root / "etc/dnf/vars").mkdir(parents=True)
     assert "releasever" not in image_vars(root, "x86_64")
+    cases = [
+        ('ID="rhel"\nVERSION_ID="9.4"\n', "9"),
+        ('ID="almalinux"\nID_LIKE="rhel centos fedora"\nVERSION_ID="8.10"\n', "8"),
+        ("ID=fedora\nVERSION_ID=40\n", "40"),
+        ('ID=azurelinux\nVERSION_ID="3.0"\n', "3.0"),  # packages.microsoft.com/azurelinux/3.0
+        ('ID=mariner\nVERSION_ID="2.0"\n', "2.0"),
+        ('ID="opensuse-leap"\nID_LIKE="suse opensuse"\nVERSION_ID="15.5"\n', "15.5"),
+    ]
+    for text, want in cases:
+        (root / "etc/os-release").write_text(text)
+        got = image_vars(root, "x86_64")
+        assert got["releasever"] == want, text
+        assert got["releasever_major"] == want.split(".")[0]
     (root / "etc/dnf/vars/releasever").write_text("2023.6.20241010\n")  # Amazon Linux 2023
     assert image_vars(root, "x86_64")["releasever"] == "2023.6.20241010"
     assert image_vars(root, "amd64")["basearch"] == "x86_64"
     assert image_vars(root, "i686")["basearch"] == "i386"
+
+
+@pytest.mark.skipif(shutil.which("rpm") is None, reason="rpm not installed")
+def test_releasever_from_system_release_provide(tmp_path: Path) -> None:
+    """As dnf: the rpmdb's `system-release(releasever)` provide wins over os-release."""
+    from tests.rpm_formats import install_justdb
+    from tools.rpmrepo import build_rpm
+
+    spec = RpmSpec("rocky-release", "9.4", "1.7.el9", arch="noarch",
+                   provides=["system-release", "system-release(releasever) = 9"])  # fmt: skip
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text('ID=unknown\nVERSION_ID="9.4"\n')
+    install_justdb(root, [build_rpm(spec, tmp_path / "out", None).path])
+    installed = read_installed(RootDir(root))
+    assert image_vars(root, "x86_64", installed)["releasever"] == "9"
 
 
 def test_metalink_only_repository_is_one_clear_error(signed: Fixture, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 - Configuration is read inside the image root: `/etc/yum.repos.d/*.repo` (with the `[main]`
   of /etc/dnf/dnf.conf or /etc/yum.conf for the gpgcheck defaults) and zypper's
-  `/etc/zypp/repos.d/*.repo`. `$releasever` (os-release VERSION_ID, major), `$basearch`/`$arch`
+  `/etc/zypp/repos.d/*.repo`. `$releasever` (as dnf: the rpmdb's
+  system-release(releasever), else os-release VERSION_ID), `$basearch`/`$arch`
   (the image's platform) and the variables of /etc/dnf/vars and /etc/yum/vars are expanded.
   metalink= and mirrorlist= need the network's mirror service: named as unsupported offline.
 - `--repo-mirror FROM=TO` rewrites a URL's longest matching prefix; `file://` is read from
@@ -119,19 +120,46 @@ def _os_release(root: Path) -> dict[str, str]:
     return {}
 
 
+_MAJOR_ONLY = frozenset({"rhel", "centos", "rocky", "almalinux", "ol", "fedora", "amzn",
+                         "eurolinux", "navy", "circle", "cloudlinux"})  # fmt: skip
+
+
+def _release_from_db(installed: InstalledRpms | None) -> str:
+    """As dnf's detect_releasever: the version of the `system-release(releasever)` provide,
+    else the version of the package providing system-release (or redhat-release)."""
+    if installed is None:
+        return ""
+    found = ""
+    for p in installed.packages:
+        if p.header is None:
+            continue
+        for d in p.provides():
+            if d.name == "system-release(releasever)" and d.version:
+                return d.version
+            if d.name in ("system-release", "redhat-release") and not found:
+                found = p.version
+    return found
+
+
+def _release_from_os(root: Path) -> str:
+    """os-release VERSION_ID: major only where the distribution's repositories use it so
+    (RHEL and its rebuilds, Fedora, Amazon Linux); whole elsewhere (Azure Linux 3.0,
+    openSUSE Leap 15.5)."""
+    osr = _os_release(root)
+    version = osr.get("VERSION_ID", "")
+    ids = {osr.get("ID", "")} | set(osr.get("ID_LIKE", "").split())
+    return version.split(".")[0] if ids & _MAJOR_ONLY else version
+
+
 def image_vars(root: Path, arch: str, installed: InstalledRpms | None = None) -> dict[str, str]:
     """dnf's substitution variables for the image: releasever, basearch, arch, then the files
     of /etc/yum/vars and /etc/dnf/vars (which override)."""
-    release = _os_release(root).get("VERSION_ID", "")
-    if not release and installed is not None:
-        rel = [p.version for p in installed.packages if p.name.endswith("-release")]
-        release = rel[0] if rel else ""
     out = {"basearch": basearch_of(arch), "arch": arch}
+    release = _release_from_db(installed) or _release_from_os(root)
     if release:
-        # dnf takes the system-release package's version; distros ship major-only there,
-        # except Amazon Linux 2023 and Fedora (which set it in vars or have no minor).
-        out["releasever"] = release.split(".")[0] if "." in release else release
-        out["releasever_major"] = out["releasever"]
+        out["releasever"] = release
+        out["releasever_major"] = release.split(".")[0]
+        out["releasever_minor"] = release.split(".")[1] if "." in release else ""
     for d in VAR_DIRS:
         for name in inroot.list_dir(root, d):
             data = inroot.read_file(root, f"{d}/{name}")
