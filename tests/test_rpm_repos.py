@@ -613,3 +613,22 @@ def test_location_xml_base_and_absolute_href(signed: Fixture, tmp_path: Path) ->
     hello = next(c for c in r.update() if c.name == "hello")
     assert hello.url == f"{moved.as_uri()}/Packages/h/hello-1.1-1.el9.x86_64.rpm"
     assert r.download(hello)[1].package.name == "hello"
+
+
+def test_unreachable_repository_uses_verified_cache(signed: Fixture, tmp_path: Path) -> None:
+    """An air-gapped re-run: repomd and primary from the cache, the signature checked again."""
+    repo = copy_repo(signed, tmp_path / "repo")
+    root = make_root(tmp_path, signed)
+    with serve(repo) as server:
+        url = server.url
+        assert len(repos(root, tmp_path, url).update()) == 3
+    again = repos(root, tmp_path, url)  # same cache, server gone
+    assert len(again.update()) == 3
+    assert any("unreachable, using the cached copy" in n for n in again.notes)
+    for f in (tmp_path / "cache/rpm/repomd").iterdir():
+        if f.read_bytes().startswith(b"<?xml"):
+            f.write_bytes(f.read_bytes().replace(b"<revision>", b"<revision>9"))
+    with pytest.raises(IntegrityError, match="BAD signature"):
+        repos(root, tmp_path, url).update()
+    with pytest.raises(ResolveError, match=r"cannot fetch .*--repo-mirror"):
+        repos(root, tmp_path / "fresh", url).update()  # nothing cached: one clear line

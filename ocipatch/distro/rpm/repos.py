@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import configparser
+import hashlib
 import logging
 import os
 import re
@@ -306,7 +307,6 @@ class RpmRepositories:
         self.variables = image_vars(self.rootfs, self.arch, self.installed)
         self.all_repos = image_repos(self.rootfs, self.variables, self.mirrors)
         self.repos = [r for r in self.all_repos if r.enabled]
-        self._base: dict[str, str] = {}  # repo id -> the baseurl that answered
 
     @property
     def cache(self) -> Path:
@@ -372,12 +372,14 @@ class RpmRepositories:
         return url
 
     def repomd(self, repo: RepoDef) -> tuple[str, Repomd]:
-        """(the baseurl that answered, its verified repomd)."""
-        last: Exception | None = None
+        """(the baseurl that answered, its verified repomd). When no baseurl answers, the
+        copy cached by an earlier run is used (verified again), as for apk and apt."""
+        last: Exception = ResolveError(f"{repo.where} [{repo.id}] has no baseurl")
         for base in repo.fetch_urls:
             url = _join(base, "repodata/repomd.xml")
             try:
                 resp = self.fetcher.get(url)
+                sig = self.fetcher.get(url + ".asc") if repo.repo_gpgcheck else None
             except FetchError as e:
                 last = e
                 continue
@@ -387,21 +389,34 @@ class RpmRepositories:
                     f"{repo.where} [{repo.id}] or the --repo-mirror mapping"
                 )
                 continue
-            if repo.repo_gpgcheck and not self.insecure:
-                self._verify_repomd(repo, base, resp.body, url)
-            self._base[repo.id] = base
-            return base, parse_repomd(resp.body, url)
-        assert last is not None
+            asc = sig.body if sig is not None and sig.status == 200 else None
+            md = self._checked_repomd(repo, resp.body, asc, url)
+            _write_atomic(self._repomd_cache(url), resp.body)
+            if asc is not None:
+                _write_atomic(self._repomd_cache(url + ".asc"), asc)
+            return base, md
+        if isinstance(last, FetchError):
+            for base in repo.fetch_urls:
+                url = _join(base, "repodata/repomd.xml")
+                cached = _read(self._repomd_cache(url))
+                if cached is not None:
+                    self._note(f"{url}: unreachable, using the cached copy (verified again)")
+                    asc = _read(self._repomd_cache(url + ".asc"))
+                    return base, self._checked_repomd(repo, cached, asc, url)
         raise last
 
-    def _verify_repomd(self, repo: RepoDef, base: str, data: bytes, url: str) -> None:
-        sig = self.fetcher.get(url + ".asc")
-        if sig.status != 200:
-            raise IntegrityError(
-                f"{url}.asc is missing and {repo.where} [{repo.id}] has repo_gpgcheck=1: the "
-                "repository metadata is not signed; sign it, or set repo_gpgcheck=0"
-            )
-        verify_detached(data, sig.body, self.keyrings(repo, with_rpmdb=False), url)
+    def _repomd_cache(self, url: str) -> Path:
+        return self.cache / "repomd" / hashlib.sha256(url.encode()).hexdigest()[:32]
+
+    def _checked_repomd(self, repo: RepoDef, data: bytes, asc: bytes | None, url: str) -> Repomd:
+        if repo.repo_gpgcheck and not self.insecure:
+            if asc is None:
+                raise IntegrityError(
+                    f"{url}.asc is missing and {repo.where} [{repo.id}] has repo_gpgcheck=1: "
+                    "the repository metadata is not signed; sign it, or set repo_gpgcheck=0"
+                )
+            verify_detached(data, asc, self.keyrings(repo, with_rpmdb=False), url)
+        return parse_repomd(data, url)
 
     def primary(self, repo: RepoDef, base: str, repomd: Repomd) -> list[PrimaryEntry]:
         info = repomd.files.get("primary")
@@ -490,6 +505,13 @@ class RpmRepositories:
         if text not in self.notes:
             log.warning("%s", text)
             self.notes.append(text)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
