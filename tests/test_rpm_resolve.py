@@ -84,6 +84,7 @@ def test_best_evr_same_arch_or_noarch_and_epoch() -> None:
         cand("openssl-3.5.0-1.el9.x86_64"),  # no epoch: lower than 1:3.0.7
         cand("tzdata-2024b-1.el9.noarch"),
         cand("tzdata-2023c-1.el9.noarch"),
+        cand("tzdata-2099a-1.el9.src"),  # a source package: never installed
     ]
     res = resolve(installed, cands, None)
     assert updates(res) == {
@@ -348,3 +349,12 @@ def test_installed_from_real_rpm_repo(tmp_path: Path) -> None:
         "zlib": ("1.2.11-40.el9", "1.2.11-41.el9"),
         "glibc": ("", "2.34-110.el9"),
     }
+
+
+def test_repository_arch_filter() -> None:
+    from ocipatch.distro.rpm.repos import runs_on
+
+    assert runs_on("x86_64", "amd64") and runs_on("i686", "x86_64") and runs_on("noarch", "s390x")
+    assert not runs_on("src", "x86_64") and not runs_on("aarch64", "x86_64")
+    assert runs_on("aarch64", "arm64") and not runs_on("x86_64", "aarch64")
+    assert runs_on("armv7hl", "armv7l") and runs_on("riscv64", "riscv64")

@@ -50,6 +50,7 @@ __all__ = [
     "basearch_of",
     "image_repos",
     "image_vars",
+    "runs_on",
     "substitute",
 ]
 
@@ -66,6 +67,15 @@ _BASEARCH = {
     "armv7l": "armhfp", "arm": "armhfp", "ppc64le": "ppc64le", "s390x": "s390x",
     "riscv64": "riscv64", "loongarch64": "loongarch64",
 }  # fmt: skip
+# The package arches an image of a base arch runs (rpm's arch compatibility, reduced).
+_COMPAT = {
+    "x86_64": {"x86_64", "amd64", "ia32e", "i686", "i586", "i486", "i386", "athlon", "geode"},
+    "i386": {"i686", "i586", "i486", "i386", "athlon", "geode"},
+    "aarch64": {"aarch64"},
+    "armhfp": {"armv7hl", "armv7hnl", "armv6hl"},
+    "ppc64le": {"ppc64le"},
+    "s390x": {"s390x"},
+}
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _TRUE = ("1", "yes", "true", "on", "enabled")
 
@@ -106,6 +116,14 @@ def substitute(text: str, variables: dict[str, str]) -> str:
 
 def basearch_of(arch: str) -> str:
     return _BASEARCH.get(arch, arch)
+
+
+def runs_on(pkg_arch: str, image_arch: str) -> bool:
+    """Whether a package of `pkg_arch` installs on an image of `image_arch` (src never)."""
+    if pkg_arch == "noarch":
+        return True
+    base = basearch_of(image_arch)
+    return pkg_arch in _COMPAT.get(base, set()) | {image_arch, base}
 
 
 def _os_release(root: Path) -> dict[str, str]:
@@ -359,7 +377,8 @@ class RpmRepositories:
                 raise UnsupportedError(repo.unsupported)
             base, repomd = self.repomd(repo)
             for entry in self.primary(repo, base, repomd):
-                out.append(RpmCandidate(entry, repo.id, self._package_url(base, entry)))
+                if runs_on(entry.arch, self.arch):  # not src, not another platform's
+                    out.append(RpmCandidate(entry, repo.id, self._package_url(base, entry)))
         return out
 
     def _package_url(self, base: str, entry: PrimaryEntry) -> str:

@@ -153,6 +153,8 @@ class _Solver:
 
     # -- candidates ------------------------------------------------------------------------------
     def arch_ok(self, inst_arch: str, cand_arch: str) -> bool:
+        if cand_arch in ("src", "nosrc"):
+            return False
         return cand_arch in (inst_arch, "noarch") or inst_arch == "noarch"
 
     def best(self, name: str, arch: str) -> RpmCandidate | None:
