@@ -121,6 +121,23 @@ def provides(pkg: _Pkg, dep: Dependency) -> bool:
     return any(p.name == dep.name and _overlaps(p, dep) for p in pkg.provides)
 
 
+class _Index:
+    """What a set of packages provides, by name: its own name, its provides, its files."""
+
+    def __init__(self, pkgs: Iterable[_Pkg]) -> None:
+        self.by_name: dict[str, list[tuple[_Pkg, Dependency | None]]] = {}
+        self.pkgs = list(pkgs)
+        for p in self.pkgs:
+            self.by_name.setdefault(p.name, []).append((p, Dependency(p.name, 8, p.evr)))
+            for d in p.provides:
+                self.by_name.setdefault(d.name, []).append((p, d))
+            for f in p.files:
+                self.by_name.setdefault(f, []).append((p, None))
+
+    def providers(self, dep: Dependency) -> list[_Pkg]:
+        return [p for p, d in self.by_name.get(dep.name, []) if d is None or _overlaps(d, dep)]
+
+
 def _solvable(dep: Dependency) -> bool:
     """rpmlib() features are the installer's; rich (boolean) dependencies are not solved."""
     return not dep.name.startswith(("rpmlib(", "("))
@@ -144,8 +161,15 @@ class _Solver:
         self.candidates = list(candidates)
         self.cpkg = {id(c): _candidate(c) for c in self.candidates}
         self.by_name: dict[str, list[RpmCandidate]] = {}
+        self.obsoleting: dict[str, list[RpmCandidate]] = {}
         for c in self.candidates:
             self.by_name.setdefault(c.name, []).append(c)
+            for o in c.entry.obsoletes:
+                self.obsoleting.setdefault(o.name, []).append(c)
+        self.offered = _Index(self.cpkg.values())
+        self.by_pkg = {id(self.cpkg[id(c)]): c for c in self.candidates}
+        self.before = _Index(self.installed.values())
+        self._final: _Index | None = None
         self.chosen: dict[Key, RpmCandidate] = {}
         self.reasons: dict[Key, str] = {}
         self.replaces: dict[Key, list[Key]] = {}
@@ -167,7 +191,7 @@ class _Solver:
         inst = self.installed[key]
         found = [
             c
-            for c in self.candidates
+            for c in self.obsoleting.get(inst.name, [])
             if c.name != inst.name
             and self.arch_ok(inst.arch, c.entry.arch)
             and any(
@@ -184,32 +208,33 @@ class _Solver:
             out.update(keys)
         return out
 
-    def final(self) -> list[_Pkg]:
-        gone = self.gone()
-        return [p for k, p in self.installed.items() if k not in gone] + [
-            self.cpkg[id(c)] for c in self.chosen.values()
-        ]
+    def final(self) -> _Index:
+        if self._final is None:
+            gone = self.gone()
+            self._final = _Index(
+                [p for k, p in self.installed.items() if k not in gone]
+                + [self.cpkg[id(c)] for c in self.chosen.values()]
+            )
+        return self._final
 
-    def met(self, dep: Dependency, system: Iterable[_Pkg]) -> bool:
-        system = list(system)
-        if any(provides(p, dep) for p in system):
+    def met(self, dep: Dependency, system: _Index) -> bool:
+        if system.providers(dep):
             return True
         # A path primary.xml does not list: an upgrade keeps the file its installed version had.
         if dep.name.startswith("/") and not in_primary_scope(dep.name):
-            names = {p.name for p in system if not p.complete_files}
-            return any(p.name in names and dep.name in p.files for p in self.installed.values())
+            names = {p.name for p in system.pkgs if not p.complete_files}
+            return any(p.name in names for p in self.before.providers(dep))
         return False
 
     def choose(self, key: Key, c: RpmCandidate, reason: str) -> None:
         self.chosen[key] = c
         self.reasons[key] = reason
+        self._final = None
 
     def provider(self, dep: Dependency, arch: str) -> RpmCandidate | None:
         options = []
-        for c in self.candidates:
-            pkg = self.cpkg[id(c)]
-            if not provides(pkg, dep):
-                continue
+        for pkg in {id(p): p for p in self.offered.providers(dep)}.values():
+            c = self.by_pkg[id(pkg)]
             inst = self.installed.get((c.name, c.entry.arch))
             if inst is not None and compare_evr(pkg.evr, inst.evr) <= 0:
                 continue  # an installed package never goes down
@@ -239,7 +264,7 @@ class _Solver:
     def _needs(self, key: Key, c: RpmCandidate) -> bool:
         pkg, system = self.cpkg[id(c)], self.final()
         for dep in pkg.conflicts:
-            clash = [p for p in system if p is not pkg and p.name != pkg.name and provides(p, dep)]
+            clash = [p for p in system.providers(dep) if p.name != pkg.name]
             if clash:
                 raise ResolveError(
                     f"{c.entry.nevra} conflicts with {dep} (installed: {clash[0].name} "
@@ -271,8 +296,7 @@ class _Solver:
         inst = self.installed.get(key)
         if inst is None:
             return False
-        before = list(self.installed.values())
-        if any(d.name == dep.name for d in inst.requires) and not self.met(dep, before):
+        if any(d.name == dep.name for d in inst.requires) and not self.met(dep, self.before):
             self.notes.append(
                 f"{key[0]}: its requirement {dep} was already unmet in the image; left so"
             )
@@ -287,7 +311,7 @@ class _Solver:
             for dep in pkg.requires:
                 if not _solvable(dep) or self.met(dep, system):
                     continue
-                if not self.met(dep, self.installed.values()):
+                if not self.met(dep, self.before):
                     continue  # already unmet before the patch
                 cand = self.best(*key)
                 if cand is None or compare_evr(cand.entry.evr, pkg.evr) <= 0:
