@@ -358,3 +358,21 @@ def test_repository_arch_filter() -> None:
     assert not runs_on("src", "x86_64") and not runs_on("aarch64", "x86_64")
     assert runs_on("aarch64", "arm64") and not runs_on("x86_64", "aarch64")
     assert runs_on("armv7hl", "armv7l") and runs_on("riscv64", "riscv64")
+
+
+def test_manifest_only_installed_take_requires_from_repository_twin() -> None:
+    """An rpmmanifest gives only NEVRAs: the repository's entry of the same NEVRA supplies the
+    installed package's requires, so an upgrade that breaks it is caught."""
+    installed = [inst("app", "1.0-1"), inst("lib", "1.0-1")]
+    cands = [
+        cand("app-1.0-1.x86_64", requires=("lib = 1.0-1",)),
+        cand("lib-1.0-1.x86_64"),
+        cand("lib-1.1-1.x86_64"),
+    ]
+    with pytest.raises(
+        ResolveError, match=r"the update breaks app 1.0-1, which requires lib = 1.0-1"
+    ):
+        resolve(installed, cands, [Requirement("lib", "1.1")])
+    cands.append(cand("app-1.1-1.x86_64", requires=("lib = 1.1-1",)))
+    res = resolve(installed, cands, [Requirement("lib", "1.1")])
+    assert updates(res) == {"app": ("1.0-1", "1.1-1"), "lib": ("1.0-1", "1.1-1")}

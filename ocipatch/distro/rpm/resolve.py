@@ -95,6 +95,13 @@ def _candidate(c: RpmCandidate) -> _Pkg:
 _evr_key = functools.cmp_to_key(compare_evr)
 
 
+def _twin(p: Package, same: dict[tuple[str, str, str], RpmCandidate]) -> RpmCandidate | None:
+    """The repository entry of exactly this installed NEVRA (epoch absent or 0 alike)."""
+    arch = p.arch or "noarch"
+    evr = f"{p.version}-{p.release}"
+    return same.get((p.name, arch, f"{p.epoch}:{evr}" if p.epoch else evr))
+
+
 def _overlaps(provide: Dependency, dep: Dependency) -> bool:
     """rpm's rpmdsCompare: do a provide's and a require's version ranges meet?"""
     if not provide.op or not dep.op or not provide.version or not dep.version:
@@ -153,12 +160,16 @@ class Resolution:
 
 class _Solver:
     def __init__(self, installed: Sequence[Package], candidates: Sequence[RpmCandidate]) -> None:
+        self.candidates = list(candidates)
+        same = {(c.name, c.entry.arch, c.entry.evr): c for c in self.candidates}
         self.installed: dict[Key, _Pkg] = {}
         for p in installed:
             if not p.is_gpg_pubkey:
                 pkg = _installed(p)
+                if p.header is None:  # an rpmmanifest line: the repository's entry tells more
+                    twin = _twin(p, same)
+                    pkg = _candidate(twin) if twin is not None else pkg
                 self.installed[(pkg.name, pkg.arch)] = pkg
-        self.candidates = list(candidates)
         self.cpkg = {id(c): _candidate(c) for c in self.candidates}
         self.by_name: dict[str, list[RpmCandidate]] = {}
         self.obsoleting: dict[str, list[RpmCandidate]] = {}
