@@ -632,3 +632,35 @@ def test_unreachable_repository_uses_verified_cache(signed: Fixture, tmp_path: P
         repos(root, tmp_path, url).update()
     with pytest.raises(ResolveError, match=r"cannot fetch .*--repo-mirror"):
         repos(root, tmp_path / "fresh", url).update()  # nothing cached: one clear line
+
+
+@pytest.mark.skipif(shutil.which("rpm") is None, reason="rpm not installed")
+def test_zypper_repository_checked_with_rpmdb_keys(signed: Fixture, tmp_path: Path) -> None:
+    """SUSE: no gpgkey= line; zypper's gpgcheck (on by default) covers repomd.xml.asc and the
+    packages, with the keys imported into the rpmdb (/usr/lib/sysimage/rpm)."""
+    root = tmp_path / "rootfs"
+    (root / "etc/zypp/repos.d").mkdir(parents=True)
+    (root / "etc/os-release").write_text('ID="opensuse-leap"\nVERSION_ID="15.5"\n')
+    (root / "etc/zypp/repos.d/repo-oss.repo").write_text(
+        "[repo-oss]\nname=Main\nenabled=1\nautorefresh=1\n"
+        "baseurl=http://download.invalid/distribution/leap/$releasever/repo/oss/\ntype=rpm-md\n"
+    )
+    rpm = ["rpm", "--root", str(root), "--dbpath", "/usr/lib/sysimage/rpm",
+           "--define", "_db_backend sqlite"]  # fmt: skip
+    subprocess.run([*rpm, "--initdb"], check=True, capture_output=True)
+    subprocess.run(
+        [*rpm, "--import", str(signed.key.write_public(tmp_path / "k"))],
+        check=True,
+        capture_output=True,
+    )
+    mirrors = [("http://download.invalid/distribution/leap/15.5/repo/oss", signed.repo.file_url())]
+    r = RpmRepositories(root, tmp_path / "c", "x86_64", mirrors=mirrors)
+    assert r.repos[0].repo_gpgcheck and r.repos[0].gpgcheck
+    hello = next(c for c in r.update() if c.name == "hello")
+    assert r.download(hello)[1].package.name == "hello"
+    # the key is the only one trusted: a repomd signed by another is refused
+    repo = copy_repo(signed, tmp_path / "other")
+    signed.other.detach_sign(repo / "repodata/repomd.xml")
+    mirrors2 = [(mirrors[0][0], repo.as_uri())]
+    with pytest.raises(IntegrityError, match=r"repomd.xml.*does not verify.*rpmdb gpg-pubkey"):
+        RpmRepositories(root, tmp_path / "c2", "x86_64", mirrors=mirrors2).update()

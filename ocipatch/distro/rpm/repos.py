@@ -94,6 +94,7 @@ class RepoDef:
     gpgkeys: tuple[str, ...] = ()
     where: str = ""  # the file the section is in
     unsupported: str = ""  # why it cannot be read offline (metalink/mirrorlist only)
+    zypper: bool = False  # from /etc/zypp/repos.d: zypper trusts the rpmdb's keys for repomd
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,7 @@ def _section(
         gpgkeys=tuple(_urls(get("gpgkey"))),
         where=where,
         unsupported=unsupported,
+        zypper=zypper,
     )
 
 
@@ -434,7 +436,10 @@ class RpmRepositories:
                     f"{url}.asc is missing and {repo.where} [{repo.id}] has repo_gpgcheck=1: "
                     "the repository metadata is not signed; sign it, or set repo_gpgcheck=0"
                 )
-            verify_detached(data, asc, self.keyrings(repo, with_rpmdb=False), url)
+            # dnf checks repomd with the repository's gpgkey= keys; zypper (and a repository
+            # naming none) with the keys imported into the rpmdb.
+            with_rpmdb = repo.zypper or not repo.gpgkeys
+            verify_detached(data, asc, self.keyrings(repo, with_rpmdb=with_rpmdb), url)
         return parse_repomd(data, url)
 
     def primary(self, repo: RepoDef, base: str, repomd: Repomd) -> list[PrimaryEntry]:
