@@ -16,6 +16,7 @@ import io
 import lzma
 import re
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -145,7 +146,7 @@ def parse_repomd(data: bytes, url: str) -> Repomd:
     _refuse_doctype(data, url)
     try:
         root = ET.fromstring(data)
-    except ET.ParseError as e:
+    except (ET.ParseError, LookupError, ValueError) as e:  # LookupError: unknown encoding
         raise _parse_fail(url, e) from None
     if root.tag != f"{REPO_NS}repomd":
         raise IntegrityError(f"{url}: not an rpm-md repomd.xml (root element {root.tag})")
@@ -180,7 +181,7 @@ def decompress(data: bytes, name: str, url: str) -> bytes:
             return out
         if name.endswith(".bz2") or data[:3] == b"BZh":
             return bz2.decompress(data)
-    except (OSError, EOFError, ValueError, lzma.LZMAError, zstandard.ZstdError) as e:
+    except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error, zstandard.ZstdError) as e:
         raise IntegrityError(
             f"{url}: cannot decompress ({e}): the file was altered or cut short; resync the mirror"
         ) from None
@@ -253,7 +254,7 @@ def parse_primary(data: bytes, url: str) -> Iterator[PrimaryEntry]:
                 if el.get("type", "rpm") == "rpm":
                     yield _entry(el, url)
                 root.clear()  # keep memory flat over a large repository
-    except ET.ParseError as e:
+    except (ET.ParseError, LookupError, ValueError) as e:  # LookupError: unknown encoding
         raise _parse_fail(url, e) from None
 
 
