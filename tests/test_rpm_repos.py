@@ -664,3 +664,21 @@ def test_zypper_repository_checked_with_rpmdb_keys(signed: Fixture, tmp_path: Pa
     mirrors2 = [(mirrors[0][0], repo.as_uri())]
     with pytest.raises(IntegrityError, match=r"repomd.xml.*does not verify.*rpmdb gpg-pubkey"):
         RpmRepositories(root, tmp_path / "c2", "x86_64", mirrors=mirrors2).update()
+
+
+def test_skip_if_unavailable(signed: Fixture, tmp_path: Path) -> None:
+    text = (
+        f"[ok]\nbaseurl={signed.repo.file_url()}\ngpgcheck=1\ngpgkey=file://{KEY_PATH}\n"
+        "[gone]\nbaseurl=http://127.0.0.1:9/none/\nskip_if_unavailable=1\n"
+        "[fedora-cisco]\nmetalink=https://mirrors.invalid/?repo=x\nskip_if_unavailable=True\n"
+    )
+    root = make_root(tmp_path, signed, text)
+    r = RpmRepositories(root, tmp_path / "c", "x86_64", fetcher=Fetcher(retries=1))
+    assert len(r.update()) == 3
+    assert [n.split(" skipped")[0] for n in r.notes] == [
+        "/etc/yum.repos.d/test.repo [gone]",
+        "/etc/yum.repos.d/test.repo [fedora-cisco]",
+    ]
+    root2 = make_root(tmp_path / "b", signed, text.replace("skip_if_unavailable=1\n", ""))
+    with pytest.raises(ResolveError, match=r"cannot fetch http://127.0.0.1:9/none/repodata"):
+        RpmRepositories(root2, tmp_path / "c", "x86_64", fetcher=Fetcher(retries=1)).update()

@@ -33,7 +33,6 @@ from ocipatch.distro.rpm.repomd import (
     Repomd,
     check_checksum,
     decompress,
-    hasher,
     parse_primary,
     parse_repomd,
 )
@@ -95,6 +94,7 @@ class RepoDef:
     where: str = ""  # the file the section is in
     unsupported: str = ""  # why it cannot be read offline (metalink/mirrorlist only)
     zypper: bool = False  # from /etc/zypp/repos.d: zypper trusts the rpmdb's keys for repomd
+    skip_if_unavailable: bool = False  # an unreachable repository is left out (noted)
 
 
 @dataclass(frozen=True)
@@ -282,6 +282,9 @@ def _section(
         where=where,
         unsupported=unsupported,
         zypper=zypper,
+        skip_if_unavailable=_bool(
+            get("skip_if_unavailable"), _bool(main.get("skip_if_unavailable"), False)
+        ),
     )
 
 
@@ -375,9 +378,15 @@ class RpmRepositories:
             self._note("--insecure-repos: rpm repository and package signatures are NOT checked")
         out: list[RpmCandidate] = []
         for repo in self.repos:
-            if repo.unsupported:
-                raise UnsupportedError(repo.unsupported)
-            base, repomd = self.repomd(repo)
+            try:
+                if repo.unsupported:
+                    raise UnsupportedError(repo.unsupported)
+                base, repomd = self.repomd(repo)
+            except (UnsupportedError, FetchError) as e:
+                if not repo.skip_if_unavailable:
+                    raise
+                self._note(f"{repo.where} [{repo.id}] skipped (skip_if_unavailable=1): {e}")
+                continue
             for entry in self.primary(repo, base, repomd):
                 if runs_on(entry.arch, self.arch):  # not src, not another platform's
                     out.append(RpmCandidate(entry, repo.id, self._package_url(base, entry)))
@@ -511,7 +520,6 @@ class RpmRepositories:
                 f"{url} has {len(data)} bytes, its repository says {e.size}: the package was "
                 "altered or the download was cut short"
             )
-        hasher(e.checksum[0], url)
         check_checksum(data, e.checksum, url, "package checksum")
         repo = next(r for r in self.repos if r.id == cand.repo)
         check = repo.gpgcheck and not self.insecure
