@@ -153,7 +153,7 @@ def test_repo_files_variables_mirrors_and_defaults(tmp_path: Path) -> None:
         "[appstream]\nname=AppStream\n"
         "baseurl=http://m1.invalid/${contentdir}/$releasever/AppStream/$basearch/os/\n"
         "        http://m2.invalid/$contentdir/$stream/AppStream/$basearch/os/\n"
-        "gpgkey=file:///etc/pki/rpm-gpg/A, file:///etc/pki/rpm-gpg/B\n"
+        "gpgkey=file:///etc/pki/rpm-gpg/A, file:///etc/pki/rpm-gpg/B\npriority=10\n"
         "[extras]\nmetalink=https://mirrors.invalid/metalink?repo=extras-$releasever\n"
         "enabled=0\n"
         "[crb]\nmirrorlist=https://mirrors.invalid/?repo=crb&arch=$basearch\ngpgcheck=0\n"
@@ -178,6 +178,7 @@ def test_repo_files_variables_mirrors_and_defaults(tmp_path: Path) -> None:
     )
     assert app.fetch_urls[0] == "file:///srv/mirror/8/AppStream/aarch64/os/"
     assert app.gpgcheck and not app.repo_gpgcheck  # from /etc/dnf/dnf.conf [main]
+    assert app.priority == 10 and by_id["crb"].priority == 99
     assert app.gpgkeys == ("file:///etc/pki/rpm-gpg/A", "file:///etc/pki/rpm-gpg/B")
     assert not by_id["extras"].enabled
     assert (

@@ -376,3 +376,19 @@ def test_manifest_only_installed_take_requires_from_repository_twin() -> None:
     cands.append(cand("app-1.1-1.x86_64", requires=("lib = 1.1-1",)))
     res = resolve(installed, cands, [Requirement("lib", "1.1")])
     assert updates(res) == {"app": ("1.0-1", "1.1-1"), "lib": ("1.0-1", "1.1-1")}
+
+
+def test_repository_priority_wins_over_version() -> None:
+    installed = [inst("nginx", "1:1.20.1-14.el9")]
+    high = cand("nginx-1:1.20.1-16.el9.x86_64", repo="appstream")
+    low = cand("nginx-1:1.26.1-1.el9.x86_64", repo="epel")
+    high = RpmCandidate(high.entry, high.repo, high.url, priority=10)
+    res = resolve(installed, [high, low], None)
+    assert updates(res) == {"nginx": ("1:1.20.1-14.el9", "1:1.20.1-16.el9")}
+    with pytest.raises(
+        ResolveError, match=r"1:1.26.1-1.el9.x86_64 in epel is not taken.*priority=99"
+    ):
+        resolve(installed, [high, low], [Requirement("nginx", "1:1.26")])
+    # equal priorities: the highest version, wherever it is
+    res = resolve(installed, [cand("nginx-1:1.20.1-16.el9.x86_64"), low], None)
+    assert updates(res)["nginx"][1] == "1:1.26.1-1.el9"

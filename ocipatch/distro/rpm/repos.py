@@ -95,6 +95,7 @@ class RepoDef:
     unsupported: str = ""  # why it cannot be read offline (metalink/mirrorlist only)
     zypper: bool = False  # from /etc/zypp/repos.d: zypper trusts the rpmdb's keys for repomd
     skip_if_unavailable: bool = False  # an unreachable repository is left out (noted)
+    priority: int = 99  # dnf and zypper: a lower number wins over any version elsewhere
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class RpmCandidate:
     entry: PrimaryEntry
     repo: str  # repository id
     url: str  # where the .rpm is fetched from
+    priority: int = 99  # the repository's priority= (lower wins)
 
     @property
     def name(self) -> str:
@@ -206,6 +208,13 @@ def _bool(value: str | None, default: bool) -> bool:
     return value.strip().lower() in _TRUE
 
 
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int((value or "").strip())
+    except ValueError:
+        return default
+
+
 def _urls(value: str | None) -> list[str]:
     return [u for u in re.split(r"[\s,]+", value or "") if u]
 
@@ -282,6 +291,7 @@ def _section(
         where=where,
         unsupported=unsupported,
         zypper=zypper,
+        priority=_int(get("priority"), 99),
         skip_if_unavailable=_bool(
             get("skip_if_unavailable"), _bool(main.get("skip_if_unavailable"), False)
         ),
@@ -389,7 +399,8 @@ class RpmRepositories:
                 continue
             for entry in self.primary(repo, base, repomd):
                 if runs_on(entry.arch, self.arch):  # not src, not another platform's
-                    out.append(RpmCandidate(entry, repo.id, self._package_url(base, entry)))
+                    url = self._package_url(base, entry)
+                    out.append(RpmCandidate(entry, repo.id, url, repo.priority))
         return out
 
     def _package_url(self, base: str, entry: PrimaryEntry) -> str:

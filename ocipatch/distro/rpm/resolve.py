@@ -1,7 +1,8 @@
 """dnf's choice of packages for a patch, reduced to an upgrade of what is installed.
 
 Rules:
-- A package's candidates are the repository entries of its name, of its arch or noarch (an
+- A package's candidates are the repository entries of its name (from the repositories of the
+  best `priority=` that offer the name), of its arch or noarch (an
   installed noarch package may become any arch the image runs); each installed arch of a
   multilib name is upgraded on its own. The best candidate is the highest EVR (rpmvercmp,
   epoch absent = 0); an upgrade never goes down.
@@ -158,9 +159,20 @@ class Resolution:
     notes: list[str] = field(default_factory=list)
 
 
+def _by_priority(candidates: Sequence[RpmCandidate]) -> list[RpmCandidate]:
+    """dnf's priority=: a name offered by a higher-priority (lower number) repository is taken
+    only from there, whatever version the others have."""
+    top: dict[str, int] = {}
+    for c in candidates:
+        top[c.name] = min(top.get(c.name, c.priority), c.priority)
+    return [c for c in candidates if c.priority == top[c.name]]
+
+
 class _Solver:
     def __init__(self, installed: Sequence[Package], candidates: Sequence[RpmCandidate]) -> None:
-        self.candidates = list(candidates)
+        self.candidates = _by_priority(candidates)
+        kept = {id(c) for c in self.candidates}
+        self.outranked = [c for c in candidates if id(c) not in kept]
         same = {(c.name, c.entry.arch, c.entry.evr): c for c in self.candidates}
         self.installed: dict[Key, _Pkg] = {}
         for p in installed:
@@ -354,6 +366,19 @@ def _requirement_error(
         and _at_least(other.entry.evr, req.minimum)
     ):  # fmt: skip
         elsewhere = f" ({other.entry.nevra} is for {other.entry.arch}, the image has {arch})"
+    hidden = [
+        c
+        for c in solver.outranked
+        if c.name == req.name
+        and solver.arch_ok(arch, c.entry.arch)
+        and (req.minimum is None or _at_least(c.entry.evr, req.minimum))
+    ]
+    if hidden:
+        elsewhere += (
+            f" ({hidden[0].entry.nevra} in {hidden[0].repo} is not taken: its repository has "
+            f"priority={hidden[0].priority}, and {req.name} is offered by one of priority="
+            f"{offered[0].priority}, which wins as in dnf)"
+        )
     got = best.entry.evr if best else "nothing"
     return (
         f"{req.name} needs {req.minimum or 'a newer version'} but the repositories ({repos}) "
