@@ -683,3 +683,22 @@ def test_skip_if_unavailable(signed: Fixture, tmp_path: Path) -> None:
     root2 = make_root(tmp_path / "b", signed, text.replace("skip_if_unavailable=1\n", ""))
     with pytest.raises(ResolveError, match=r"cannot fetch http://127.0.0.1:9/none/repodata"):
         RpmRepositories(root2, tmp_path / "c", "x86_64", fetcher=Fetcher(retries=1)).update()
+
+
+def test_exclude_and_includepkgs(signed: Fixture, tmp_path: Path) -> None:
+    root = make_root(
+        tmp_path,
+        signed,
+        f"[r]\nbaseurl={signed.repo.file_url()}\ngpgcheck=1\ngpgkey=file://{KEY_PATH}\n"
+        "exclude=tz* libfoo-9*\n",
+    )
+    (root / "etc/dnf").mkdir()
+    (root / "etc/dnf/dnf.conf").write_text("[main]\nexcludepkgs=hello.x86_64\n")
+    assert [c.name for c in repos(root, tmp_path, "file:///x").update()] == ["libfoo"]
+    root2 = make_root(
+        tmp_path / "b",
+        signed,
+        f"[r]\nbaseurl={signed.repo.file_url()}\ngpgcheck=0\nincludepkgs=hello,tzdata-2024a\n",
+    )
+    got = repos(root2, tmp_path, "file:///x").update()
+    assert sorted(c.name for c in got) == ["hello", "tzdata"]

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import hashlib
 import logging
 import os
@@ -96,6 +97,18 @@ class RepoDef:
     zypper: bool = False  # from /etc/zypp/repos.d: zypper trusts the rpmdb's keys for repomd
     skip_if_unavailable: bool = False  # an unreachable repository is left out (noted)
     priority: int = 99  # dnf and zypper: a lower number wins over any version elsewhere
+    excludes: tuple[str, ...] = ()  # exclude=/excludepkgs= globs, [main]'s included
+    includes: tuple[str, ...] = ()  # includepkgs=: only these (empty: all)
+
+    def offers(self, entry: PrimaryEntry) -> bool:
+        """dnf's exclude= / includepkgs=: globs over the name (or name-version, NEVRA)."""
+        forms = (entry.name, f"{entry.name}-{entry.version}", entry.nevra,
+                 f"{entry.name}.{entry.arch}")  # fmt: skip
+
+        def hit(globs: tuple[str, ...]) -> bool:
+            return any(fnmatch.fnmatchcase(f, g) for g in globs for f in forms)
+
+        return not hit(self.excludes) and (not self.includes or hit(self.includes))
 
 
 @dataclass(frozen=True)
@@ -292,6 +305,13 @@ def _section(
         unsupported=unsupported,
         zypper=zypper,
         priority=_int(get("priority"), 99),
+        excludes=tuple(
+            _urls(main.get("exclude"))
+            + _urls(main.get("excludepkgs"))
+            + _urls(get("exclude"))
+            + _urls(get("excludepkgs"))
+        ),
+        includes=tuple(_urls(get("includepkgs"))),
         skip_if_unavailable=_bool(
             get("skip_if_unavailable"), _bool(main.get("skip_if_unavailable"), False)
         ),
@@ -398,7 +418,8 @@ class RpmRepositories:
                 self._note(f"{repo.where} [{repo.id}] skipped (skip_if_unavailable=1): {e}")
                 continue
             for entry in self.primary(repo, base, repomd):
-                if runs_on(entry.arch, self.arch):  # not src, not another platform's
+                # not src, not another platform's, not excluded by the configuration
+                if runs_on(entry.arch, self.arch) and repo.offers(entry):
                     url = self._package_url(base, entry)
                     out.append(RpmCandidate(entry, repo.id, url, repo.priority))
         return out
