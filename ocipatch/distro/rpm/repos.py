@@ -205,7 +205,9 @@ def image_vars(root: Path, arch: str, installed: InstalledRpms | None = None) ->
 
 
 def _ini(data: bytes, where: str) -> configparser.RawConfigParser:
-    cp = configparser.RawConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
+    cp = configparser.RawConfigParser(
+        strict=False, interpolation=None, comment_prefixes=("#", ";"), allow_no_value=True
+    )
     try:
         cp.read_string(data.decode("utf-8", "replace"), where)
     except configparser.Error as e:
@@ -264,9 +266,10 @@ def _section(
         v = cp.get(sec, key, fallback=None)
         return substitute(v, variables) if v is not None else None
 
+    enabled = _bool(get("enabled"), True)
     baseurls = tuple(_urls(get("baseurl")))
     fetch = tuple(rewrite(u, mirrors) for u in baseurls)
-    for u in fetch:
+    for u in fetch if enabled else ():  # a disabled repository may name any transport
         check_scheme(u, f"{where} [{sec}]")
     unsupported = ""
     if not baseurls:
@@ -281,6 +284,7 @@ def _section(
             hit = [to for frm, to in mirrors if frm == sec]
             if hit:
                 fetch, unsupported = (hit[0],), ""
+                check_scheme(hit[0], f"--repo-mirror {sec}=")
     if zypper:
         rtype = (get("type") or "rpm-md").strip().lower()
         if rtype not in ("rpm-md", "yum", "rpm-md+susetags"):
@@ -297,7 +301,7 @@ def _section(
         name=get("name") or sec,
         baseurls=baseurls,
         fetch_urls=fetch,
-        enabled=_bool(get("enabled"), True),
+        enabled=enabled,
         gpgcheck=gpg,
         repo_gpgcheck=repo_gpg,
         gpgkeys=tuple(_urls(get("gpgkey"))),
