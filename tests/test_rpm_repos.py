@@ -257,9 +257,7 @@ def test_bad_repo_file_and_bad_scheme(signed: Fixture, tmp_path: Path) -> None:
     with pytest.raises(ImageFormatError, match=r"test\.repo"):
         repos(root, tmp_path, "file:///x")
     # a disabled repository may name any transport (zypper's cd:// and dir://)
-    root3 = make_root(
-        tmp_path / "c", signed, "[cd]\nbaseurl=cd:///?devices=/dev/sr0\nenabled=0\nkeeppackages\n"
-    )
+    root3 = make_root(tmp_path / "c", signed, "[cd]\nbaseurl=cd:///?devices=/dev/sr0\nenabled=0\n")
     assert not repos(root3, tmp_path, "file:///x").all_repos[0].enabled
     root2 = make_root(tmp_path / "b", signed, "[r]\nbaseurl=ftp://x.invalid/repo/\n")
     with pytest.raises(UnsupportedError, match=r"ftp://.*--repo-mirror"):

@@ -205,9 +205,7 @@ def image_vars(root: Path, arch: str, installed: InstalledRpms | None = None) ->
 
 
 def _ini(data: bytes, where: str) -> configparser.RawConfigParser:
-    cp = configparser.RawConfigParser(
-        strict=False, interpolation=None, comment_prefixes=("#", ";"), allow_no_value=True
-    )
+    cp = configparser.RawConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
     try:
         cp.read_string(data.decode("utf-8", "replace"), where)
     except configparser.Error as e:
