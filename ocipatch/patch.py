@@ -22,9 +22,9 @@ from typing import Any
 from ocipatch import background, runs
 from ocipatch.context import Context
 from ocipatch.distro.adapters import Dpkg, detect
-from ocipatch.distro.apt import AptConfig, AptRunner
 from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requirement
-from ocipatch.distro.debmeta import (
+from ocipatch.distro.deb.aptrun import AptConfig, AptRunner
+from ocipatch.distro.deb.debmeta import (
     DebMetaMemo,
     FileMeta,
     newest_time,
@@ -32,10 +32,10 @@ from ocipatch.distro.debmeta import (
     replayed_meta,
     with_package_metadata,
 )
+from ocipatch.distro.deb.direct import DirectConfig, DpkgDirectPatcher
+from ocipatch.distro.deb.fetchahead import FetchAhead
+from ocipatch.distro.deb.native import DpkgPatcher, exclude
 from ocipatch.distro.detect import OsRelease, read_os_release
-from ocipatch.distro.dpkg import DpkgPatcher, exclude
-from ocipatch.distro.dpkgdirect import DirectConfig, DpkgDirectPatcher
-from ocipatch.distro.fetchahead import FetchAhead
 from ocipatch.distro.versions import Comparator, comparator
 from ocipatch.errors import UnsupportedError, UsageError
 from ocipatch.fs.changes import Change, diff
@@ -431,7 +431,7 @@ def _patch(
         )
     if distroless:
         assert sandbox is not None
-        from ocipatch.distro.distroless import distroless_patcher
+        from ocipatch.distro.deb.tooling import distroless_patcher
 
         unpacked.snap.result()  # the tooling image's apt works on the tree from the start
 

@@ -2,7 +2,7 @@
 
 The key is everything the patch layer depends on: the base layers (and a previous patch layer),
 the exact set of package versions the repositories' signed indices select today (planned in
-pure Python by ocipatch.repos, from the image's own apt sources and keyrings, read through the
+pure Python by ocipatch.distro.deb.repos, from the image's own apt sources and keyrings, read through the
 merged layers without unpacking), the report's requirements, the apply mode, the layer time's
 other inputs (SOURCE_DATE_EPOCH, the image's `created`) and ocipatch's version and writer
 format. The same key means the same inputs, so the stored layer is what a new run would write;
@@ -24,12 +24,12 @@ from typing import Any
 
 from ocipatch import __version__, runs
 from ocipatch.distro.base import Requirement
+from ocipatch.distro.deb.repos.archive import AptRepositories
+from ocipatch.distro.deb.repos.resolve import InstallSet
 from ocipatch.errors import OcipatchError
 from ocipatch.fs.layerwriter import WRITER_FORMAT
 from ocipatch.fs.merged import Entry, MergedView
 from ocipatch.oci.cache import BlobCache, touch
-from ocipatch.repos.apt import AptRepositories
-from ocipatch.repos.resolve import InstallSet
 
 # Called with the plan once it is resolved (e.g. to fetch its packages ahead of the patcher).
 OnPlan = Callable[[AptRepositories, InstallSet], None]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ocipatch import background, runs, space
 from ocipatch.context import Context
-from ocipatch.distro.dpkg import exclude
+from ocipatch.distro.deb.native import exclude
 from ocipatch.fs.changes import Snapshot, snapshot
 from ocipatch.fs.unpack import OnIndex, OwnershipMap, unpack
 from ocipatch.oci.image import Image, prefetch

@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ocipatch.distro.debmeta import newest_mtime, with_package_metadata
-from ocipatch.distro.dpkg import exclude
+from ocipatch.distro.deb.debmeta import newest_mtime, with_package_metadata
+from ocipatch.distro.deb.native import exclude
 from ocipatch.fs.changes import diff, snapshot
 from ocipatch.fs.layerwriter import write_layer
 from ocipatch.fs.unpack import unpack

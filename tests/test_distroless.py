@@ -28,10 +28,9 @@ import pytest
 from debian.debian_support import version_compare
 
 from ocipatch.context import Context
-from ocipatch.distro.apt import SOURCES_INSIDE, AptConfig
-from ocipatch.distro.debinstall import RootInstaller, read_deb
-from ocipatch.distro.detect import OsRelease
-from ocipatch.distro.distroless import (
+from ocipatch.distro.deb.aptrun import SOURCES_INSIDE, AptConfig
+from ocipatch.distro.deb.debinstall import RootInstaller, read_deb
+from ocipatch.distro.deb.tooling import (
     DistrolessPatcher,
     StatusD,
     ToolingAptRunner,
@@ -42,6 +41,7 @@ from ocipatch.distro.distroless import (
     parse_simulation,
     tooling_rootfs,
 )
+from ocipatch.distro.detect import OsRelease
 from ocipatch.errors import ApplyError, UnsafeArchiveError, UnsupportedError
 from ocipatch.fs.unpack import OwnershipMap
 from ocipatch.oci.types import Platform

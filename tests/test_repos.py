@@ -1,4 +1,4 @@
-"""ocipatch.repos: apt sources, signed indices, resolution and verified downloads, without apt.
+"""ocipatch.distro.deb.repos: apt sources, signed indices, resolution and verified downloads, without apt.
 
 Against a local signed repository (tools/aptrepo.py, served on loopback) and, in one test, the
 real Debian archive named by this machine's own apt sources.
@@ -20,14 +20,17 @@ from typing import Any
 import pytest
 
 from ocipatch.distro.base import Requirement
-from ocipatch.distro.versions import compare_deb
-from ocipatch.errors import IntegrityError, ResolveError, UnsupportedError
-from ocipatch.repos.apt import AptRepositories, suite_base
-from ocipatch.repos.fetch import Fetcher
-from ocipatch.repos.index import parse_relations
-from ocipatch.repos.resolve import Installed, Resolver, by_source_default, installed_from_rootfs
-from ocipatch.repos.signature import dearmor
-from ocipatch.repos.sources import (
+from ocipatch.distro.deb.repos.archive import AptRepositories, suite_base
+from ocipatch.distro.deb.repos.fetch import Fetcher
+from ocipatch.distro.deb.repos.index import parse_relations
+from ocipatch.distro.deb.repos.resolve import (
+    Installed,
+    Resolver,
+    by_source_default,
+    installed_from_rootfs,
+)
+from ocipatch.distro.deb.repos.signature import dearmor
+from ocipatch.distro.deb.repos.sources import (
     AptSource,
     parse_deb822_sources,
     parse_one_line_sources,
@@ -35,6 +38,8 @@ from ocipatch.repos.sources import (
     resolve_in_root,
     rewrite,
 )
+from ocipatch.distro.versions import compare_deb
+from ocipatch.errors import IntegrityError, ResolveError, UnsupportedError
 from tests.plugins.aptrepo import ServedRepo
 from tools.aptrepo import (
     DEFAULT_EPOCH,
@@ -507,7 +512,7 @@ def test_two_processes_share_the_cache(tmp_path: Path, hello: ServedRepo) -> Non
     script = (
         "import sys; from pathlib import Path\n"
         "from ocipatch.distro.base import Requirement\n"
-        "from ocipatch.repos.apt import AptRepositories\n"
+        "from ocipatch.distro.deb.repos.archive import AptRepositories\n"
         "r = AptRepositories(Path(sys.argv[1]), Path(sys.argv[2]), arch=sys.argv[3])\n"
         "(i,) = r.download(r.resolve([Requirement('hello', None)]).items)\n"
         "print(i.path)\n"

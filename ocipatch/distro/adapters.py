@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ocipatch.distro.base import InstalledPackage, PackageManager
+from ocipatch.distro.deb.db import STATUS, STATUS_D, read_packages
 from ocipatch.distro.detect import FileView
-from ocipatch.distro.dpkgdb import STATUS, STATUS_D, read_packages
 from ocipatch.errors import UnsupportedError
 
 

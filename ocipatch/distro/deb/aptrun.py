@@ -22,9 +22,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ocipatch import space
+from ocipatch.distro.deb.repos.sources import rewrite
 from ocipatch.errors import ApplyError, IntegrityError, ResolveError, UsageError
 from ocipatch.oci.cache import touch
-from ocipatch.repos.sources import rewrite
 from ocipatch.sandbox.base import APT_NO_PRIVILEGE_DROP, RunSpec, Sandbox, default_env, tail
 
 LISTS_INSIDE = "/var/lib/apt/lists"
@@ -98,7 +98,7 @@ class AptRunner:
 
     def _rewrite(self, text: str) -> str:
         """Rewrite the repository URIs of a sources file (deb822 `URIs:` fields and one-line
-        `deb [opts] URI ...` entries) with the same prefix rules as ocipatch.repos."""
+        `deb [opts] URI ...` entries) with the same prefix rules as ocipatch.distro.deb.repos."""
         mirrors = self._inside_mirrors()
         out = []
         for line in text.splitlines(keepends=True):
@@ -291,7 +291,7 @@ class AptRunner:
 
     def install_files(self, debs: list[Path], empty_lists: Path) -> str:
         """apt-get install of package files already in the archive directory (verified against
-        the signed indices by ocipatch.repos), over empty lists: apt orders the unpacks and
+        the signed indices by ocipatch.distro.deb.repos), over empty lists: apt orders the unpacks and
         configures and dpkg runs the maintainer scripts, but nothing is looked up in, or
         fetched from, a repository, so no `apt-get update` is needed."""
         (empty_lists / "partial").mkdir(parents=True, exist_ok=True)

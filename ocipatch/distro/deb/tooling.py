@@ -8,7 +8,7 @@ bound host directories). apt sees the target only through a status file synthesi
 status.d, for the target's architecture (`APT::Architecture`), so it resolves and downloads the
 updates of any architecture without emulation; the target rootfs is never mounted into the
 sandbox, so nothing of the tooling can reach it. The packages are then installed by copying
-their files (ocipatch.distro.debinstall) and status.d is rewritten the distroless way.
+their files (ocipatch.distro.deb.debinstall) and status.d is rewritten the distroless way.
 Maintainer scripts cannot run (the image has no shell): the result notes say so.
 
 Distroless images rarely hold the whole dependency closure (tzdata without debconf, libc6
@@ -30,7 +30,8 @@ from debian.deb822 import Deb822, PkgRelation
 
 from ocipatch import runs
 from ocipatch.context import Context
-from ocipatch.distro.apt import (
+from ocipatch.distro.base import InstalledPackage, Plan, PlanItem
+from ocipatch.distro.deb.aptrun import (
     ARCHIVES_INSIDE,
     LISTS_INSIDE,
     SOURCES_INSIDE,
@@ -38,12 +39,17 @@ from ocipatch.distro.apt import (
     AptRunner,
     _last_error,
 )
-from ocipatch.distro.base import InstalledPackage, Plan, PlanItem
-from ocipatch.distro.debinstall import DebPackage, Installed, RootInstaller, md5sums_paths, read_deb
+from ocipatch.distro.deb.db import STATUS_D, is_installed, package_of
+from ocipatch.distro.deb.debinstall import (
+    DebPackage,
+    Installed,
+    RootInstaller,
+    md5sums_paths,
+    read_deb,
+)
+from ocipatch.distro.deb.native import AptOutcome, DpkgPatcher, verify_versions
+from ocipatch.distro.deb.rules import compare_deb
 from ocipatch.distro.detect import OsRelease
-from ocipatch.distro.dpkg import AptOutcome, DpkgPatcher, verify_versions
-from ocipatch.distro.dpkgdb import STATUS_D, is_installed, package_of
-from ocipatch.distro.versions import compare_deb
 from ocipatch.errors import (
     ApplyError,
     IntegrityError,

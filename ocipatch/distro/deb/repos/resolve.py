@@ -24,10 +24,8 @@ from functools import cmp_to_key
 from pathlib import Path
 
 from ocipatch.distro.base import InstalledPackage, Requirement
-from ocipatch.distro.dpkgdb import STATUS, STATUS_D, is_installed, iter_stanzas
-from ocipatch.distro.versions import compare_deb
-from ocipatch.errors import ResolveError
-from ocipatch.repos.index import (
+from ocipatch.distro.deb.db import STATUS, STATUS_D, is_installed, iter_stanzas
+from ocipatch.distro.deb.repos.index import (
     PRIORITY_INSTALLED,
     Group,
     PackageRecord,
@@ -38,7 +36,9 @@ from ocipatch.repos.index import (
     parse_relations,
     source_of,
 )
-from ocipatch.repos.sources import resolve_in_root
+from ocipatch.distro.deb.repos.sources import resolve_in_root
+from ocipatch.distro.deb.rules import compare_deb
+from ocipatch.errors import ResolveError
 
 # apt-get install upgrades the other installed binaries of a named package's source with it
 # (APT::Get::Upgrade-By-Source-Package, default on) since apt 2.6 (Debian 12, Ubuntu 23.04).

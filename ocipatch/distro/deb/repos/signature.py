@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocipatch import runs
+from ocipatch.distro.deb.repos.sources import AptSource, resolve_in_root
 from ocipatch.errors import IntegrityError, UnsupportedError
-from ocipatch.repos.sources import AptSource, resolve_in_root
 
 GPGV_TIMEOUT = 60.0
 _ARMOR = re.compile(

@@ -1,7 +1,7 @@
 """`--sandbox none`: the dpkg adapter's patch steps without running anything from the image.
 
-ocipatch.repos resolves and downloads the packages (signed indices, verified .debs), the
-payloads are unpacked by ocipatch.distro.debinstall, and dpkg's database (status and info/) is
+ocipatch.distro.deb.repos resolves and downloads the packages (signed indices, verified .debs), the
+payloads are unpacked by ocipatch.distro.deb.debinstall, and dpkg's database (status and info/) is
 written as dpkg would write it. Maintainer scripts do not run: the output says so and names the
 packages that carry them, since their effects (a regenerated cache, a new system user) are
 missing from the result.
@@ -16,13 +16,13 @@ from pathlib import Path
 from debian.deb822 import Deb822
 
 from ocipatch.distro.base import InstalledPackage, Plan, PlanItem, Requirement
-from ocipatch.distro.debinstall import DebPackage, RootInstaller, read_deb
-from ocipatch.distro.debmeta import control_files
-from ocipatch.distro.dpkg import AptOutcome, plan_of, read_status, verify_versions
-from ocipatch.distro.dpkgdb import STATUS, iter_stanzas
+from ocipatch.distro.deb.db import STATUS, iter_stanzas
+from ocipatch.distro.deb.debinstall import DebPackage, RootInstaller, read_deb
+from ocipatch.distro.deb.debmeta import control_files
+from ocipatch.distro.deb.native import AptOutcome, plan_of, read_status, verify_versions
+from ocipatch.distro.deb.repos.archive import AptRepositories
+from ocipatch.distro.deb.repos.resolve import InstallItem, InstallSet
 from ocipatch.fs.unpack import Owner, OwnershipMap
-from ocipatch.repos.apt import AptRepositories
-from ocipatch.repos.resolve import InstallItem, InstallSet
 
 INFO = "var/lib/dpkg/info"
 _SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")

@@ -35,7 +35,7 @@ from typing import IO
 import zstandard
 from debian.deb822 import Deb822
 
-from ocipatch.distro.debmeta import control_files, open_data_tar
+from ocipatch.distro.deb.debmeta import control_files, open_data_tar
 from ocipatch.errors import ApplyError, IntegrityError, UnsafeArchiveError
 from ocipatch.fs import rootpath
 from ocipatch.fs import whiteout as wh

@@ -13,13 +13,13 @@ from urllib.parse import unquote
 
 from debian.deb822 import Deb822
 
-from ocipatch.distro.apt import AptRunner, archive_name
 from ocipatch.distro.base import ApplyOutcome, InstalledPackage, Plan, PlanItem, Requirement
-from ocipatch.distro.dpkgdb import STATUS, is_installed, iter_stanzas, package_of
-from ocipatch.distro.versions import compare_deb
+from ocipatch.distro.deb.aptrun import AptRunner, archive_name
+from ocipatch.distro.deb.db import STATUS, is_installed, iter_stanzas, package_of
+from ocipatch.distro.deb.repos.resolve import InstallSet
+from ocipatch.distro.deb.rules import compare_deb
 from ocipatch.errors import ApplyError, ResolveError, VerifyError
 from ocipatch.oci.cache import touch
-from ocipatch.repos.resolve import InstallSet
 
 # Never part of a patch layer: caches, logs, apt's indices, dpkg's backups, scratch space and
 # the sandbox's mount points.
@@ -171,7 +171,7 @@ def plan_of(
     *,
     ignore_errors: bool = False,
 ) -> Plan:
-    """The Plan for what ocipatch.repos resolved: updates (dependencies with their reason),
+    """The Plan for what ocipatch.distro.deb.repos resolved: updates (dependencies with their reason),
     skips; ResolveError when a requirement is out of the repositories' reach."""
     versions = {p.name: p.version for p in installed}
     items: list[PlanItem] = []
@@ -212,7 +212,7 @@ def plan_of(
 class DpkgPatcher:
     """plan -> apply -> verify with the image's apt.
 
-    With `planned` (the install set ocipatch.repos resolved from the signed indices, its
+    With `planned` (the install set ocipatch.distro.deb.repos resolved from the signed indices, its
     packages already verified and in apt's archive directory), apt installs those files and
     never reads a repository: no `apt-get update`, and the layer holds exactly the set the
     result cache was keyed on. Without it, or when apt's own choice could differ (pinning, a
@@ -235,7 +235,7 @@ class DpkgPatcher:
         self.notes: list[str] = []
 
     def _plain_apt(self) -> bool:
-        """No pinning and one architecture: ocipatch.repos picks what apt would pick."""
+        """No pinning and one architecture: ocipatch.distro.deb.repos picks what apt would pick."""
         etc = self.rootfs / "etc/apt"
         pins = [etc / "preferences", *sorted((etc / "preferences.d").glob("*"))]
         if any(p.is_file() and p.stat().st_size > 0 for p in pins):
