@@ -648,7 +648,7 @@ def test_new_dependency_and_stubs_with_a_local_repository(
     assert (target / "usr/share/newdep/x").read_bytes() == b"n"
     assert (target / STATUS_D / "newdep.md5sums").is_file(), "the image uses md5sums"
     assert not (target / STATUS_D / "libc6").exists(), "a stub never reaches the image"
-    assert sorted(p.name for p in out.debs) == [
+    assert sorted(p.name for p in out.packages) == [
         "foo_2.0_arm64.deb",
         "newdep_1.0_arm64.deb",
     ]

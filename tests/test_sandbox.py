@@ -18,9 +18,9 @@ from pathlib import Path
 import pyseccomp
 import pytest
 
+from ocipatch.distro.deb.aptrun import APT_NO_PRIVILEGE_DROP, apt_env
 from ocipatch.errors import SandboxError, UsageError
 from ocipatch.sandbox.base import (
-    APT_NO_PRIVILEGE_DROP,
     CommandTimeout,
     RunSpec,
     Sandbox,
@@ -592,7 +592,8 @@ def test_real_security_updates_as_unprivileged_user(
         f"dpkg --audit && {apt} -s upgrade | tail -1"
     )
     r = run_in_sandbox(
-        backend, RunSpec(root, ["sh", "-c", script], timeout=900), user=UNPRIVILEGED_UID
+        backend, RunSpec(root, ["sh", "-c", script], env=apt_env(), timeout=900),
+        user=UNPRIVILEGED_UID,
     )
     assert r.returncode == 0, r.stdout[-3000:]
     assert "error setting ownership" not in r.stdout

@@ -29,26 +29,18 @@ _log = logging.getLogger(__name__)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 
-# apt drops privileges to the `_apt` user for downloads; a sandbox maps a single uid, so that
-# switch fails (setgroups: EPERM, setresuid: EINVAL). Pass these to every apt-get call.
-APT_NO_PRIVILEGE_DROP: tuple[str, ...] = ("-o", "APT::Sandbox::User=root")
-
 
 def default_env() -> dict[str, str]:
-    return {
-        "PATH": DEFAULT_PATH,
-        "LANG": "C.UTF-8",
-        "DEBIAN_FRONTEND": "noninteractive",
-        "HOME": "/root",
-    }
+    """The environment of a command in the sandbox (a package manager's runner adds its own)."""
+    return {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
 
 
 @dataclass
 class RunSpec:
     """One command to run over `rootfs`.
 
-    `binds` are (host path, path inside, read_only). `network=True` shares the host network (apt
-    needs the mirror); False gives the sandbox its own network namespace with only loopback.
+    `binds` are (host path, path inside, read_only). `network=True` shares the host network (a package
+    manager needs the mirror); False gives the sandbox its own network namespace with only loopback.
     `timeout` (seconds) kills the whole process tree and raises `CommandTimeout`.
     """
 

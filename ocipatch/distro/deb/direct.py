@@ -15,7 +15,7 @@ from pathlib import Path
 
 from debian.deb822 import Deb822
 
-from ocipatch.distro.base import InstalledPackage, Plan, PlanItem, Requirement
+from ocipatch.distro.base import InstalledPackage, PackageChange, Plan, PlanItem, Requirement
 from ocipatch.distro.deb.db import STATUS, iter_stanzas
 from ocipatch.distro.deb.debinstall import DebPackage, RootInstaller, read_deb
 from ocipatch.distro.deb.debmeta import control_files
@@ -99,9 +99,9 @@ class DpkgDirectPatcher:
             stanzas[pkg.name] = _status_stanza(pkg, done.conffile_md5)
             self._write_info(installer, pkg, done.deb_paths)
             outcome.updated.append(
-                (pkg.name, old["Version"] if old is not None else "", pkg.version)
+                PackageChange(pkg.name, old["Version"] if old is not None else "", pkg.version)
             )
-            outcome.debs.append(it.path)
+            outcome.packages.append(it.path)
             if pkg.scripts:
                 with_scripts.append(f"{pkg.name} ({', '.join(pkg.scripts)})")
         self._write_status(installer, stanzas)

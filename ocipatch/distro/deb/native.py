@@ -13,7 +13,15 @@ from urllib.parse import unquote
 
 from debian.deb822 import Deb822
 
-from ocipatch.distro.base import ApplyOutcome, InstalledPackage, Plan, PlanItem, Requirement
+from ocipatch.distro.base import (
+    Action,
+    ApplyOutcome,
+    InstalledPackage,
+    PackageChange,
+    Plan,
+    PlanItem,
+    Requirement,
+)
 from ocipatch.distro.deb.aptrun import AptRunner, archive_name
 from ocipatch.distro.deb.db import STATUS, is_installed, iter_stanzas, package_of
 from ocipatch.distro.deb.repos.resolve import InstallSet
@@ -144,7 +152,7 @@ def verify_versions(
         if ok and got is not None and item.required is not None:
             ok = compare_deb(got, item.required) >= 0
         if not ok:
-            item.action = "skip"
+            item.action = Action.SKIP
             item.reason = f"still at {got or 'nothing'} {when}"
             failed.append(item)
     if failed and not ignore_errors:
@@ -184,7 +192,7 @@ def plan_of(
                 it.installed or "",
                 req.minimum if req else None,
                 it.version,
-                "update",
+                Action.UPDATE,
                 "" if req else it.reason,
                 req.vulnerabilities if req else (),
             )
@@ -197,7 +205,7 @@ def plan_of(
             versions.get(name, ""),
             req.minimum if req else None,
             None,
-            "skip",
+            Action.SKIP,
             why,
             req.vulnerabilities if req else (),
         )
@@ -299,7 +307,7 @@ class DpkgPatcher:
                         "",
                         req.minimum,
                         None,
-                        "skip",
+                        Action.SKIP,
                         "not installed in the image",
                         req.vulnerabilities,
                     )
@@ -307,17 +315,25 @@ class DpkgPatcher:
                 continue
             cand = cands.get(req.name)
             avail = cand.candidate if cand else None
-            item = PlanItem(req.name, inst, req.minimum, avail, "update", "", req.vulnerabilities)
+            item = PlanItem(
+                req.name, inst, req.minimum, avail, Action.UPDATE, "", req.vulnerabilities
+            )
             if req.minimum is not None and compare_deb(inst, req.minimum) >= 0:
                 continue  # already satisfied: the report is older than the image
             if req.name in held:
-                item.action, item.reason = "skip", "held (apt-mark hold)"
+                item.action, item.reason = Action.SKIP, "held (apt-mark hold)"
             elif avail is None:
-                item.action, item.reason = "skip", "not offered by the image's package repositories"
+                item.action, item.reason = (
+                    Action.SKIP,
+                    "not offered by the image's package repositories",
+                )
                 if req.minimum is not None:
                     too_old.append(item)
             elif req.minimum is not None and compare_deb(avail, req.minimum) < 0:
-                item.action, item.reason = "skip", f"only {avail} available, {req.minimum} required"
+                item.action, item.reason = (
+                    Action.SKIP,
+                    f"only {avail} available, {req.minimum} required",
+                )
                 too_old.append(item)
             elif compare_deb(avail, inst) <= 0:
                 continue  # nothing newer (only when updating everything)
@@ -343,12 +359,12 @@ class DpkgPatcher:
             old = before.get(name)
             new = after[name].version
             if old is None:
-                outcome.updated.append((name, "", new))
+                outcome.updated.append(PackageChange(name, "", new))
             elif old.version != new:
-                outcome.updated.append((name, old.version, new))
+                outcome.updated.append(PackageChange(name, old.version, new))
         wanted = {(n, v) for n, _, v in outcome.updated}
-        outcome.debs = [p for p in self.runner.downloaded_debs() if deb_key(p) in wanted]
-        for p in outcome.debs:
+        outcome.packages = [p for p in self.runner.downloaded_debs() if deb_key(p) in wanted]
+        for p in outcome.packages:
             touch(p)  # apt read them: their last use, for `cache prune`
         # No notes from dpkg's "==> Keeping old config file as default." lines: they do not name
         # the file. patch.py notes each kept conffile from the .dpkg-dist it finds in the diff.

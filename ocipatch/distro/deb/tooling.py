@@ -30,7 +30,7 @@ from debian.deb822 import Deb822, PkgRelation
 
 from ocipatch import runs
 from ocipatch.context import Context
-from ocipatch.distro.base import InstalledPackage, Plan, PlanItem
+from ocipatch.distro.base import InstalledPackage, PackageChange, Plan, PlanItem
 from ocipatch.distro.deb.aptrun import (
     ARCHIVES_INSIDE,
     LISTS_INSIDE,
@@ -38,6 +38,7 @@ from ocipatch.distro.deb.aptrun import (
     AptConfig,
     AptRunner,
     _last_error,
+    apt_env,
 )
 from ocipatch.distro.deb.db import STATUS_D, is_installed, package_of
 from ocipatch.distro.deb.debinstall import (
@@ -64,7 +65,7 @@ from ocipatch.oci.reference import parse_reference
 from ocipatch.oci.transport import open_image
 from ocipatch.oci.types import Platform
 from ocipatch.progress import Progress
-from ocipatch.sandbox.base import RunSpec, Sandbox, default_env, resolve_in_root
+from ocipatch.sandbox.base import RunSpec, Sandbox, resolve_in_root
 
 STATE_INSIDE = "/var/cache/ocipatch/state"
 STUB_VERSION = "99999:0"  # above any archive version: apt never wants to "upgrade" a stub
@@ -397,7 +398,7 @@ class ToolingAptRunner(AptRunner):
         spec = RunSpec(
             self.rootfs,
             argv,
-            env=default_env(),
+            env=apt_env(),
             binds=binds,
             network=self.config.network,
             cwd=cwd,
@@ -474,7 +475,7 @@ class DistrolessPatcher(DpkgPatcher):
                 )
             debs.append(deb)
         outcome.updated, outcome.notes = install_packages(self.rootfs, self.ownership, debs)
-        outcome.debs = [d.path for d in debs]
+        outcome.packages = [d.path for d in debs]
         return outcome
 
     def verify(self, plan: Plan, *, ignore_errors: bool = False) -> list[PlanItem]:
@@ -484,7 +485,7 @@ class DistrolessPatcher(DpkgPatcher):
 
 def install_packages(
     rootfs: Path, ownership: OwnershipMap, debs: list[DebPackage]
-) -> tuple[list[tuple[str, str, str]], list[str]]:
+) -> tuple[list[PackageChange], list[str]]:
     """Copy the packages' files in and rewrite status.d; returns (updated, notes)."""
     status = StatusD(rootfs)
     before = status.installed()
@@ -511,7 +512,9 @@ def install_packages(
     for deb in debs:
         old = before.get(deb.name)
         _write_status(inst, status, deb, old, done[deb.name])
-        updated.append((deb.name, old.package.version if old and old.package else "", deb.version))
+        updated.append(
+            PackageChange(deb.name, old.package.version if old and old.package else "", deb.version)
+        )
     return sorted(updated), _notes(debs, before)
 
 
