@@ -32,10 +32,10 @@ from ocipatch.distro.deb.repos.resolve import (
 from ocipatch.distro.deb.repos.signature import dearmor
 from ocipatch.distro.deb.repos.sources import (
     AptSource,
+    image_path,
     parse_deb822_sources,
     parse_one_line_sources,
     read_sources,
-    resolve_in_root,
     rewrite,
 )
 from ocipatch.distro.versions import compare_deb
@@ -229,17 +229,17 @@ def test_read_sources_order_and_filtering(tmp_path: Path) -> None:
     ]
 
 
-def test_resolve_in_root_never_leaves_the_root(tmp_path: Path) -> None:
+def test_image_path_never_leaves_the_root(tmp_path: Path) -> None:
     root = tmp_path / "r"
     (root / "usr/share/keyrings").mkdir(parents=True)
     (root / "etc").mkdir()
     (root / "etc/k.gpg").symlink_to("/usr/share/keyrings/k.gpg")
     (root / "etc/up").symlink_to("../../../../..")
-    assert resolve_in_root(root, "/etc/k.gpg") == root / "usr/share/keyrings/k.gpg"
-    assert resolve_in_root(root, "/etc/up/etc/passwd") == root / "etc/passwd"
+    assert image_path(root, "/etc/k.gpg") == root / "usr/share/keyrings/k.gpg"
+    assert image_path(root, "/etc/up/etc/passwd") == root / "etc/passwd"
     (root / "loop").symlink_to("loop")
     with pytest.raises(UnsupportedError, match="too many levels"):
-        resolve_in_root(root, "/loop/x")
+        image_path(root, "/loop/x")
 
 
 @pytest.mark.parametrize(
@@ -777,7 +777,7 @@ def test_real_debian_security_openssl(tmp_path: Path) -> None:
         f"Signed-By: {src.signed_by}\n",
         status=status,
     )
-    install_key(root, resolve_in_root(Path("/"), src.signed_by), src.signed_by)
+    install_key(root, image_path(Path("/"), src.signed_by), src.signed_by)
     t0 = time.monotonic()
     repos = AptRepositories(root, tmp_path / "cache")  # arch from the dpkg status
     repos.update()

@@ -116,18 +116,16 @@ def check_spec(spec: RunSpec) -> Path:
 # --- paths inside the rootfs ------------------------------------------------------------------
 
 
-def resolve_in_root(root: Path, path: str, *, max_links: int = rootpath.MAX_SYMLINKS) -> str:
-    """Resolve `path` as if `root` were `/` (chroot semantics), following symlinks that exist.
-
-    Absolute link targets restart at `root`; `..` never climbs above it. The result is an
-    absolute in-root path whose existing components are no symlinks; missing tail components
-    are kept as they are (see rootpath.resolve_lenient). This is where a mount point must go so
-    that the backend does not follow a rootfs symlink out to the host.
-    """
+def mount_point(root: Path, path: str, *, max_links: int = rootpath.MAX_SYMLINKS) -> str:
+    """Where `path` is inside `root` (fs/rootpath.py resolve_in_root, chroot semantics), as an
+    absolute in-root path whose existing components are no symlinks. This is where a mount
+    point must go so that the backend does not follow a rootfs symlink out to the host."""
     try:
-        return "/" + rootpath.resolve_lenient(rootpath.DiskTree(root), path, max_hops=max_links)
+        real = rootpath.resolve_in_root(root, path, max_hops=max_links)
     except rootpath.SymlinkLoop:
         raise SandboxError(f"too many symlinks resolving {path} in {root}") from None
+    rel = real.relative_to(root).as_posix()
+    return "/" if rel == "." else "/" + rel
 
 
 @dataclass

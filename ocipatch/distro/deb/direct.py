@@ -16,7 +16,7 @@ from pathlib import Path
 from debian.deb822 import Deb822
 
 from ocipatch.distro.base import InstalledPackage, PackageChange, Plan, PlanItem, Requirement
-from ocipatch.distro.deb.db import STATUS, iter_stanzas
+from ocipatch.distro.deb.db import STATUS, DirView, status_stanzas
 from ocipatch.distro.deb.debinstall import DebPackage, RootInstaller, read_deb
 from ocipatch.distro.deb.debmeta import control_files
 from ocipatch.distro.deb.native import AptOutcome, plan_of, read_status, verify_versions
@@ -122,12 +122,10 @@ class DpkgDirectPatcher:
 
     # -- dpkg's database ------------------------------------------------------------------
     def _status(self) -> dict[str, Deb822]:
-        path = self.rootfs / STATUS
         out: dict[str, Deb822] = {}
-        if path.is_file():
-            for st in iter_stanzas(path.read_bytes()):
-                if st.get("Package"):
-                    out[st["Package"]] = st
+        for st in status_stanzas(DirView(self.rootfs), installed_only=False):
+            if st.get("Package"):
+                out[st["Package"]] = st
         return out
 
     def _write_status(self, installer: RootInstaller, stanzas: dict[str, Deb822]) -> None:

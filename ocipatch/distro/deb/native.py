@@ -23,7 +23,12 @@ from ocipatch.distro.base import (
     Requirement,
 )
 from ocipatch.distro.deb.aptrun import AptRunner, archive_name
-from ocipatch.distro.deb.db import STATUS, is_installed, iter_stanzas, package_of
+from ocipatch.distro.deb.db import (
+    DirView,
+    iter_stanzas,
+    package_of,
+    status_stanzas,
+)
 from ocipatch.distro.deb.repos.resolve import InstallSet
 from ocipatch.distro.deb.rules import compare_deb
 from ocipatch.errors import ApplyError, ResolveError, VerifyError
@@ -70,13 +75,12 @@ def exclude(path: str) -> bool:
 
 
 def read_status(rootfs: Path) -> dict[str, InstalledPackage]:
-    path = rootfs / STATUS
+    """The installed packages of dpkg's status file in an unpacked rootfs, by name."""
     out: dict[str, InstalledPackage] = {}
-    if path.is_file():
-        for st in iter_stanzas(path.read_bytes()):
-            pkg = package_of(st)
-            if pkg and is_installed(st, default=False):
-                out[pkg.name] = pkg
+    for st in status_stanzas(DirView(rootfs)):
+        pkg = package_of(st)
+        if pkg:
+            out[pkg.name] = pkg
     return out
 
 

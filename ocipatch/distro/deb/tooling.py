@@ -65,7 +65,7 @@ from ocipatch.oci.reference import parse_reference
 from ocipatch.oci.transport import open_image
 from ocipatch.oci.types import Platform
 from ocipatch.progress import Progress
-from ocipatch.sandbox.base import RunSpec, Sandbox, resolve_in_root
+from ocipatch.sandbox.base import RunSpec, Sandbox, mount_point
 
 STATE_INSIDE = "/var/cache/ocipatch/state"
 STUB_VERSION = "99999:0"  # above any archive version: apt never wants to "upgrade" a stub
@@ -123,7 +123,7 @@ def tooling_rootfs(ctx: Context, ref_text: str, given: bool, progress: Progress)
     try:
         prefetch(image.layers)
         unpack(image.layers, tmp)
-        if not os.path.exists(tmp / resolve_in_root(tmp, "/usr/bin/apt-get").lstrip("/")):
+        if not os.path.exists(tmp / mount_point(tmp, "/usr/bin/apt-get").lstrip("/")):
             raise UnsupportedError(
                 f"the tooling image {ref_text} has no apt-get: pass --tooling-image with an "
                 "image that has apt and dpkg"
@@ -131,8 +131,8 @@ def tooling_rootfs(ctx: Context, ref_text: str, given: bool, progress: Progress)
         # The sandbox's mount points exist beforehand, so runs never create or remove
         # anything in this shared tree.
         for inside in (ARCHIVES_INSIDE, SOURCES_INSIDE, STATE_INSIDE, LISTS_INSIDE):
-            (tmp / resolve_in_root(tmp, inside).lstrip("/")).mkdir(parents=True, exist_ok=True)
-        resolv = tmp / resolve_in_root(tmp, "/etc/resolv.conf").lstrip("/")
+            (tmp / mount_point(tmp, inside).lstrip("/")).mkdir(parents=True, exist_ok=True)
+        resolv = tmp / mount_point(tmp, "/etc/resolv.conf").lstrip("/")
         if not os.path.lexists(resolv):
             resolv.parent.mkdir(parents=True, exist_ok=True)
             resolv.touch()
@@ -185,7 +185,7 @@ class StatusD:
     def __init__(self, rootfs: Path) -> None:
         self.rootfs = rootfs
         # Resolved as in a chroot: an image's symlink must not make us read host files.
-        self.dir = rootfs / resolve_in_root(rootfs, "/" + STATUS_D).lstrip("/")
+        self.dir = rootfs / mount_point(rootfs, "/" + STATUS_D).lstrip("/")
         self.files: dict[str, list[Stanza]] = {}
         self.md5sums: dict[str, bytes] = {}  # file name -> md5sums content
         for p in sorted(self.dir.iterdir()) if self.dir.is_dir() else []:
