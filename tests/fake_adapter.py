@@ -88,6 +88,7 @@ class FakePM:
     name: ClassVar[str] = "fake"
     ecosystem: ClassVar[str] = "fake"
     supported: ClassVar[bool] = True
+    state_paths: ClassVar[tuple[str, ...]] = (DB,)
     repo: ClassVar[FakeRepo] = FakeRepo()
     calls: ClassVar[Calls] = Calls()
 

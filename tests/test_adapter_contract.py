@@ -178,3 +178,14 @@ def test_purl(pm: type[PackageManager]) -> None:
     assert purl.startswith(case(pm).purl_prefix), purl
     assert "/libfoo1@1.2-3" in purl and "arch=amd64" in purl, purl
     assert " " not in purl
+
+
+@pytest.mark.parametrize("pm", ALL, ids=lambda c: c.name)
+def test_state_paths(pm: type[PackageManager]) -> None:
+    """What the result key reads includes the package database (a patch of another set of
+    installed packages is another patch); a package manager without a planner reads nothing."""
+    if not pm.state_paths:
+        assert not pm.supported
+        return
+    db = case(pm).db_paths[0]
+    assert any(db == p or db.startswith(p + "/") for p in pm.state_paths), pm.state_paths

@@ -37,6 +37,7 @@ class _NotYet:
     name: ClassVar[str] = ""
     ecosystem: ClassVar[str] = ""
     supported: ClassVar[bool] = False
+    state_paths: ClassVar[tuple[str, ...]] = ()  # no planner
     paths: ClassVar[tuple[str, ...]] = ()  # its installed-package database, any of these
     caches: ClassVar[tuple[str, ...]] = ()
 

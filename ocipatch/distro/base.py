@@ -220,6 +220,9 @@ class PackageManager(Protocol):
     name: ClassVar[str]  # "dpkg" | "apk" | "rpm"
     ecosystem: ClassVar[str]  # version rule and purl type: "deb" | "apk" | "rpm"
     supported: ClassVar[bool]  # False: detected only, to say it is not supported yet
+    # What planning reads through the merged layers (trees walked, files), besides the
+    # repositories: the result key depends on these. Empty: no planner.
+    state_paths: ClassVar[tuple[str, ...]]
 
     @classmethod
     def detect(cls, view: FileView) -> bool: ...

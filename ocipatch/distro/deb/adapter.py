@@ -31,7 +31,7 @@ from ocipatch.distro.deb.debmeta import DebMetaMemo
 from ocipatch.distro.deb.direct import DirectConfig, DpkgDirectPatcher
 from ocipatch.distro.deb.fetchahead import FetchAhead
 from ocipatch.distro.deb.native import DpkgPatcher, exclude
-from ocipatch.distro.deb.planner import AptPlanner
+from ocipatch.distro.deb.planner import STATE_PATHS, AptPlanner
 from ocipatch.distro.deb.repos.resolve import InstallSet
 from ocipatch.distro.deb.rules import compare_deb
 from ocipatch.distro.detect import FileView, OsRelease
@@ -48,6 +48,7 @@ class Dpkg:
     name: ClassVar[str] = "dpkg"
     ecosystem: ClassVar[str] = "deb"
     supported: ClassVar[bool] = True
+    state_paths: ClassVar[tuple[str, ...]] = STATE_PATHS
 
     def __init__(self) -> None:
         self._memo = DebMetaMemo()  # .debs read once: by the fetch ahead and for the layer

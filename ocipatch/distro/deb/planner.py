@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 # What apt's configuration and dpkg's database need, read through the merged layers: trees
 # (walked) and single files. Reading costs what these hold, not what the image holds.
-_APT_TREES = ("etc/apt", "usr/share/keyrings")
-_APT_FILES = (STATUS, "var/lib/dpkg/arch", "etc/os-release", "usr/lib/os-release")
+STATE_PATHS = ("etc/apt", "usr/share/keyrings", STATUS, "var/lib/dpkg/arch", "etc/os-release",
+               "usr/lib/os-release")  # fmt: skip
 
 
 def _collect(view: MergedView, path: str, out: list[Entry]) -> None:
@@ -42,9 +42,8 @@ def _collect(view: MergedView, path: str, out: list[Entry]) -> None:
 def extract_apt_state(view: MergedView, dest: Path) -> None:
     """Write the image's apt sources, keyrings and dpkg status under dest (a few KB)."""
     entries: list[Entry] = []
-    for tree in _APT_TREES:
-        _collect(view, tree, entries)
-    entries += [e for e in (view.entry(p) for p in _APT_FILES) if e is not None]
+    for path in STATE_PATHS:  # a directory is walked
+        _collect(view, path, entries)
     files = [e.path for e in entries if e.type in ("file", "hardlink")]
     data = view.read_files(files)
     for e in entries:
