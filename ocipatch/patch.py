@@ -345,7 +345,7 @@ class _Run:
         self.versions: _Versions
         self.requirements: list[Requirement] | None = None
         # Set by _reuse_or_plan and _prepare_tree: the result cache's key and its planning.
-        self.results = ResultCache(ctx.cache.work_dir("results"), ctx.cache)
+        self.results: ResultCache | None = None
         self.planner: Planner | None = None
         self.key: str | None = None
         self.plan_later: Callable[[], Any] | None = None
@@ -434,6 +434,7 @@ def _reuse_or_plan(run: _Run) -> PatchResult | None:
     the layer of an identical earlier patch. On an image being unpacked (or an empty cache)
     every key misses: planning then runs beside the snapshot (_prepare_tree)."""
     opts, image = run.opts, run.image
+    run.results = results = ResultCache(run.ctx.cache.work_dir("results"), run.ctx.cache)
     if opts.dry_run:
         return None
     inputs = KeyInputs(
@@ -448,14 +449,14 @@ def _reuse_or_plan(run: _Run) -> PatchResult | None:
     run.planner = planner = run.pm.planner(run.ctx, run.view, inputs)
     if planner is None:
         return None
-    if run.unpacked is not None or run.results.empty():
+    if run.unpacked is not None or results.empty():
         # A miss whatever the key: plan once the tree is unpacked (planning would slow the
         # unpack down), then fetch the plan's packages while the installer works.
         run.plan_later = functools.partial(planner.key, fetch=True)
         return None
     run.progress.step("Planning from the repositories' signed indices")
     run.key = planner.key(fetch=False)
-    hit = run.results.get(run.key) if run.key else None
+    hit = results.get(run.key) if run.key else None
     if hit is not None:
         run.progress.step("The same patch was made before: reusing its layer")
         return _from_cache(run, hit)
@@ -548,7 +549,7 @@ def _publish(run: _Run, plan: Plan, layer: LayerInfo) -> PatchResult:
             run.key = run.planning.result()
         except Exception as e:  # the cache is an optimisation: never fail a done patch
             log.debug("result cache key not computed: %s", e)
-    if run.key is not None:
+    if run.key is not None and run.results is not None:
         cached = CachedResult(layer.digest, layer.size, layer.diff_id, _meta(result, plan))
         run.results.put(run.key, cached)
     return _finish(run, new_image)
