@@ -205,7 +205,7 @@ def _dangling_results(cache: Path, removed: list[Entry], remaining: list[Entry])
 
 @contextlib.contextmanager
 def _apt_idle(cache: Path) -> Iterator[bool]:
-    """apt's own lock (ocipatch.distro.apt): apt/ is only pruned while no apt runs on it."""
+    """apt's own lock (ocipatch.distro.deb.aptrun): apt/ is only pruned while no apt runs on it."""
     lock = cache / "apt" / "apt.lock"
     if not lock.parent.is_dir():
         yield True

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ocipatch.distro.adapters import detect
 from ocipatch.distro.detect import read_os_release
+from ocipatch.distro.registry import detect
 from ocipatch.fs.merged import MergedView
 from ocipatch.oci.cache import BlobCache
 from ocipatch.oci.image import Image

@@ -1,5 +1,9 @@
-"""One patch, start to end: open -> read the package DB -> plan -> apply in a sandbox -> diff ->
-one squashed layer -> new manifest -> write (tag last) -> VEX and summary.
+"""One patch, start to end, as a short list of steps over the image's package manager
+(ocipatch/distro/base.py PackageManager: everything ecosystem-specific is behind it):
+
+read (OS, package manager, installed packages) -> requirements (the report's, unmet) -> reuse or plan
+(the result cache) -> prepare the tree (unpack, snapshot) -> install (plan, apply, verify) ->
+build the layer (diff, the packages' metadata) -> publish (manifest, write, tag last; VEX).
 
 Re-patching an image ocipatch made starts again from the original layers (recorded in a config
 label), so the result always has exactly one patch layer holding the old and the new changes.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import enum
 import functools
 import logging
 import os
@@ -21,26 +26,29 @@ from typing import Any
 
 from ocipatch import background, runs
 from ocipatch.context import Context
-from ocipatch.distro.adapters import Dpkg, detect
-from ocipatch.distro.apt import AptConfig, AptRunner
-from ocipatch.distro.base import InstalledPackage, Patcher, Plan, PlanItem, Requirement
-from ocipatch.distro.debmeta import (
-    DebMetaMemo,
-    FileMeta,
-    newest_time,
-    packaged_paths,
-    replayed_meta,
-    with_package_metadata,
+from ocipatch.distro.base import (
+    Action,
+    ApplyOutcome,
+    InstalledPackage,
+    InstallEnv,
+    KeyInputs,
+    PackageChange,
+    PackageManager,
+    Patcher,
+    Plan,
+    PlanItem,
+    Planner,
+    Replay,
+    Requirement,
+    always_excluded,
 )
 from ocipatch.distro.detect import OsRelease, read_os_release
-from ocipatch.distro.dpkg import DpkgPatcher, exclude
-from ocipatch.distro.dpkgdirect import DirectConfig, DpkgDirectPatcher
-from ocipatch.distro.fetchahead import FetchAhead
-from ocipatch.distro.versions import Comparator, comparator
+from ocipatch.distro.registry import detect, known_names, supported_ecosystems
+from ocipatch.distro.versions import Comparator
 from ocipatch.errors import UnsupportedError, UsageError
-from ocipatch.fs.changes import Change, diff
+from ocipatch.fs.changes import Change, Snapshot, diff
 from ocipatch.fs.layertime import LayerClock
-from ocipatch.fs.layerwriter import PACKAGE_DATED_SINCE, WRITER_FORMAT, write_layer
+from ocipatch.fs.layerwriter import PACKAGE_DATED_SINCE, WRITER_FORMAT, LayerInfo, write_layer
 from ocipatch.fs.merged import MergedView
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.convert import for_destination
@@ -55,7 +63,7 @@ from ocipatch.reports import identity
 from ocipatch.reports.fixes import Fixed, after_patch, fixed_by_patch, fixed_ids, lowest_versions
 from ocipatch.reports.load import check_report_matches, load_report
 from ocipatch.reports.model import UpdateManifest
-from ocipatch.resultcache import CachedResult, ResultCache, plan_key
+from ocipatch.resultcache import CachedResult, ResultCache
 from ocipatch.workspace import (
     Unpacked,
     room_in_scratch,
@@ -86,19 +94,27 @@ class PatchOptions:
     sandbox: str = "auto"
     repo_mirrors: list[tuple[str, str]] = field(default_factory=list)
     insecure_repos: bool = False
-    tooling_image: str | None = None  # distroless: the image whose apt/dpkg does the work
+    tooling_image: str | None = None  # distroless: the image whose package manager does the work
     overwrite: bool = False  # let -t name the source (ocipatch.oci.sameref)
     force_report: bool = False  # --vex from a report about another image
 
 
+class Status(enum.StrEnum):
+    """How a patch ended (the strings are the JSON output's)."""
+
+    PATCHED = "patched"
+    UP_TO_DATE = "up-to-date"
+    DRY_RUN = "dry-run"
+
+
 @dataclass
 class PatchResult:
-    status: str  # "patched" | "up-to-date" | "dry-run"
+    status: Status
     source: ImageRef
     source_digest: str
     image: ImageRef | None = None
     image_digest: str | None = None
-    updated: list[tuple[str, str, str]] = field(default_factory=list)
+    updated: list[PackageChange] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     vulnerabilities_fixed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -110,13 +126,13 @@ class PatchResult:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "status": self.status,
+            "status": str(self.status),
             "source": {"reference": str(self.source), "digest": self.source_digest},
             "image": {
                 "reference": str(self.image) if self.image else str(self.source),
                 "digest": self.image_digest or self.source_digest,
             },
-            "updated": [{"name": n, "from": a, "to": b} for n, a, b in self.updated],
+            "updated": [{"name": c.name, "from": c.old, "to": c.new} for c in self.updated],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "vulnerabilities_fixed": self.vulnerabilities_fixed,
             "notes": [*self.warnings, *self.notes],
@@ -127,7 +143,7 @@ class PatchResult:
             ),
             "seconds": round(self.seconds, 2),
         }
-        if self.plan is not None and self.status == "dry-run":
+        if self.plan is not None and self.status == Status.DRY_RUN:
             out["plan"] = [i.to_json() for i in self.plan.items]
         return out
 
@@ -182,26 +198,24 @@ def base_layer_count(image: Image) -> int:
 
 
 def _package_dated(image: Image) -> bool:
-    """Whether ocipatch's top layer dated package files by their .debs (its writer's label)."""
+    """Whether ocipatch's top layer dated package files by their packages (its writer's label)."""
     labels = (image.config.get("config") or {}).get("Labels") or {}
     raw = str(labels.get(LABEL_WRITER, ""))
     return raw.isdigit() and int(raw) >= PACKAGE_DATED_SINCE
 
 
 def requirements_from(
-    report: UpdateManifest, installed: list[InstalledPackage]
+    report: UpdateManifest, installed: list[InstalledPackage], compare: Comparator
 ) -> tuple[list[Requirement], list[tuple[str, str]]]:
     """Requirements of the report the image does not meet yet (it may be newer than the report,
-    e.g. when patching an image ocipatch already patched)."""
-    from ocipatch.distro.versions import compare_deb
-
+    e.g. when patching an image ocipatch already patched); `compare` is its package manager's rule."""
     versions = {p.name: p.version for p in installed}
     reqs, skipped = [], []
     for u in report.updates:
         if u.name not in versions:
             skipped.append((u.name, "in the report but not installed in the image"))
             continue
-        if compare_deb(versions[u.name], u.fixed_version) >= 0:
+        if compare(versions[u.name], u.fixed_version) >= 0:
             continue
         reqs.append(Requirement(u.name, u.fixed_version, tuple(u.vulnerability_ids)))
     return reqs, skipped
@@ -233,18 +247,19 @@ def patch(ctx: Context, opts: PatchOptions, progress: Progress) -> PatchResult:
     said = _check_report_image(opts, report, image, src_ref)  # before anything is written
     if said.warning:
         progress.warn(said.warning)
-    if report is not None and not report.updates and report.ecosystem == "deb":
+    if report is not None and not report.updates and report.ecosystem in supported_ecosystems():
         # Nothing in the report has a fix: whatever the image holds, there is nothing to do,
         # and no layer needs reading to say so.
         digest = image.index.digest if image.index is not None else image.digest
-        result = PatchResult("up-to-date", src_ref, digest)
+        result = PatchResult(Status.UP_TO_DATE, src_ref, digest)
         if opts.vex is not None:
             result.notes.append("no VEX written: the report lists no package with a fixed version")
         result.seconds = time.monotonic() - started
         progress.done("Nothing to patch: the report lists no package with a fixed version")
     else:
         with contextlib.ExitStack() as stack:
-            result = _patch(ctx, opts, progress, image, stack, started, src_ref, dest_ref, report)
+            run = _Run(ctx, opts, progress, image, stack, started, src_ref, dest_ref, report)
+            result = _patch(run)
     result.warnings += [said.warning] if said.warning else []
     result.notes[:0] = [said.note] if said.note else []
     return _replaced(result, clash)
@@ -296,294 +311,288 @@ def _check_report_image(
     )
 
 
-def _patch(
-    ctx: Context,
-    opts: PatchOptions,
-    progress: Progress,
-    image: Image,
-    stack: contextlib.ExitStack,
-    started: float,
-    src_ref: ImageRef,
-    dest_ref: ImageRef,
-    report: UpdateManifest | None,
-) -> PatchResult:
-    source_digest = image.index.digest if image.index is not None else image.digest
-    clock = LayerClock.of(image.config)  # a malformed SOURCE_DATE_EPOCH fails here, early
-    view = MergedView(image.layers, ctx.cache.work_dir("index"))
-    keep = base_layer_count(image)
-    unpacked: Unpacked | None = None
+# --- one patch, step by step -----------------------------------------------------------------
+
+
+class _Run:
+    """One patch under way: its inputs, and what each step leaves for the next."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        opts: PatchOptions,
+        progress: Progress,
+        image: Image,
+        stack: contextlib.ExitStack,
+        started: float,
+        src_ref: ImageRef,
+        dest_ref: ImageRef,
+        report: UpdateManifest | None,
+    ) -> None:
+        self.ctx, self.opts, self.progress, self.image = ctx, opts, progress, image
+        self.stack, self.started, self.report = stack, started, report
+        self.src_ref, self.dest_ref = src_ref, dest_ref
+        self.clock = LayerClock.of(image.config)  # a malformed SOURCE_DATE_EPOCH fails here
+        self.view = MergedView(image.layers, ctx.cache.work_dir("index"))
+        self.keep = base_layer_count(image)
+        source_digest = image.index.digest if image.index is not None else image.digest
+        self.result = PatchResult(Status.PATCHED, src_ref, source_digest)
+        self.unpacked: Unpacked | None = None
+        # Set by _read:
+        self.osr: OsRelease | None = None
+        self.pm: PackageManager
+        self.installed: list[InstalledPackage] = []
+        self.versions: _Versions
+        self.requirements: list[Requirement] | None = None
+        # Set by _reuse_or_plan and _prepare_tree: the result cache's key and its planning.
+        self.results: ResultCache | None = None
+        self.planner: Planner | None = None
+        self.key: str | None = None
+        self.plan_later: Callable[[], Any] | None = None
+        self.planning: Future[Any] | None = None  # the thread that computes the key
+
+
+def _patch(run: _Run) -> PatchResult:
+    _read(run)
+    done = _check_requirements(run) or _reuse_or_plan(run)
+    if done is not None:
+        return done
+    unpacked = _prepare_tree(run)
+    patcher = _installer(run, unpacked)
+    plan = patcher.plan(run.installed, run.requirements, ignore_errors=run.opts.ignore_errors)
+    run.result.plan = plan
+    run.result.skipped += [(i.name, i.reason) for i in plan.skipped]
+    if run.opts.dry_run:
+        run.result.status = Status.DRY_RUN
+        run.result.seconds = time.monotonic() - run.started
+        return run.result
+    if not plan.updates:
+        return _up_to_date(run, "Nothing to patch: no newer packages")
+    snap, outcome = _apply(run, unpacked, patcher, plan)
+    layer = _build_layer(run, unpacked, snap, outcome)
+    return _publish(run, plan, layer)
+
+
+def _read(run: _Run) -> None:
+    """The image's OS and package manager, and what it has installed; an unseen image is
+    unpacked here, indexing each layer in the same pass."""
+    report, view = run.report, run.view
     # A report of another package manager fails below (another image's report, or an image
     # ocipatch cannot patch): the index alone says which, so nothing is unpacked for it.
-    doomed = report is not None and report.ecosystem != "deb"
+    doomed = report is not None and report.ecosystem not in supported_ecosystems()
     if not view.indexed() and not doomed:
         # An image this cache has not seen (so no patch of it is cached either): one pass over
-        # each layer extracts and indexes it, instead of one pass for each.
-        work = stack.enter_context(work_dir(ctx, size_estimate(image)))
-        unpacked = unpack_image(image, keep, work, progress, view.add_index)
-        stack.callback(concurrent.futures.wait, [unpacked.snap])  # before the tree goes
-    osr = read_os_release(view)
+        # each layer extracts and indexes it, instead of one pass for each. The package manager is
+        # not known yet: the snapshot leaves out what every one does (the diff the rest).
+        work = run.stack.enter_context(work_dir(run.ctx, size_estimate(run.image)))
+        run.unpacked = unpack_image(
+            run.image, run.keep, work, run.progress, always_excluded, view.add_index
+        )
+        run.stack.callback(concurrent.futures.wait, [run.unpacked.snap])  # before the tree goes
+    run.osr = osr = read_os_release(view)
     if report is not None:  # first: another image's report is the error, whatever its OS
-        plat = image.platform
+        plat = run.image.platform
         check_report_matches(
             report,
             osr.id if osr else "",
             osr.version_id if osr else "",
             plat.architecture,
             plat.variant,
-            image=str(src_ref),
+            image=str(run.src_ref),
         )
     pm = detect(view)
     if pm is None:
         raise UnsupportedError(
-            f"{src_ref}: no package database found (dpkg, apk or rpm): nothing ocipatch can patch"
+            f"{run.src_ref}: no package database found ({known_names()}): "
+            "nothing ocipatch can patch"
         )
-    installed = pm.read_db(view)  # apk/rpm say "not supported yet" here
-    if not isinstance(pm, Dpkg):
+    run.installed = pm.read_db(view)  # a detect-only one says "not supported yet"
+    if not pm.supported:
         raise UnsupportedError(f"{pm.name} images are not supported yet")
-    distroless = Dpkg.is_distroless(view)  # status.d, no status file: a tooling image's apt
-    if report is not None and report.ecosystem != "deb":
+    if report is not None and report.ecosystem != pm.ecosystem:
         raise UnsupportedError(f"the report lists {report.ecosystem} packages: not supported yet")
+    run.pm = pm
+    run.versions = _versions(report, pm, view, run.image, run.keep, run.installed)
 
-    result = PatchResult("patched", src_ref, source_digest)
-    versions = _versions(report, pm, view, image, keep, installed)  # what the VEX compares
-    requirements: list[Requirement] | None = None
-    if report is not None:
-        requirements, result.skipped = requirements_from(report, installed)
-        if not requirements:
-            return _up_to_date(
-                opts,
-                result,
-                versions,
-                image,
-                osr,
-                started,
-                progress,
-                "Nothing to patch: every package in the report is already fixed or absent",
-            )
 
-    results = ResultCache(ctx.cache.work_dir("results"), ctx.cache)
-    key: str | None = None
-    planning: Future[str | None] | None = None
-    ahead: FetchAhead | None = None
-    plan_later: Callable[[], Any] | None = None
-    memo = DebMetaMemo()
-    if not distroless and not opts.dry_run:
-        compute = functools.partial(
-            plan_key,
-            view,
-            [layer.digest for layer in image.layers],
-            requirements,
-            mode="none" if opts.sandbox == "none" else "apt",
-            compression=opts.compression,
-            ignore_errors=opts.ignore_errors,
-            mirrors=opts.repo_mirrors,
-            cache_dir=ctx.cache.work_dir("repos"),
-            times={**clock.key(), "replayed_dated": int(_package_dated(image))},
-        )
-        ahead = FetchAhead(
-            None if opts.sandbox == "none" else ctx.cache.work_dir("apt") / "debs", memo
-        )
-        if unpacked is not None or results.empty():
-            # A miss whatever the key: plan once the tree is unpacked (planning would slow
-            # the unpack down), beside the snapshot; then fetch the plan's packages and read
-            # their owners while apt and dpkg work.
-            plan_later = functools.partial(compute, on_plan=ahead)
-        else:
-            progress.step("Planning from the repositories' signed indices")
-            key = compute(on_plan=ahead.record)
-            hit = results.get(key) if key else None
-            if hit is not None:
-                progress.step("The same patch was made before: reusing its layer")
-                return _from_cache(
-                    ctx, opts, image, keep, hit, result, dest_ref, osr, versions, started, progress
-                )
-            plan_later = ahead.fetch  # a miss: the packages are fetched beside the snapshot
-    if unpacked is None:
-        work = stack.enter_context(work_dir(ctx, sum(e.size for e in view.walk())))
-        unpacked = unpack_image(image, keep, work, progress)
-        stack.callback(concurrent.futures.wait, [unpacked.snap])
-    work, rootfs, own = unpacked.work, unpacked.rootfs, unpacked.own
-    if plan_later is not None:
-        started_plan = background.start(plan_later, "plan")
-        if ahead is not None:
-            ahead.planning = started_plan
-        if key is None:
-            planning = started_plan
+def _check_requirements(run: _Run) -> PatchResult | None:
+    """The report's requirements the image does not meet yet; up to date without any."""
+    if run.report is None:
+        return None
+    run.requirements, run.result.skipped = requirements_from(
+        run.report, run.installed, run.pm.compare
+    )
+    if run.requirements:
+        return None
+    return _up_to_date(
+        run, "Nothing to patch: every package in the report is already fixed or absent"
+    )
+
+
+def _reuse_or_plan(run: _Run) -> PatchResult | None:
+    """The result cache: plan from the repositories' signed indices before unpacking, and reuse
+    the layer of an identical earlier patch. On an image being unpacked (or an empty cache)
+    every key misses: planning then runs beside the snapshot (_prepare_tree)."""
+    opts, image = run.opts, run.image
+    run.results = results = ResultCache(run.ctx.cache.work_dir("results"), run.ctx.cache)
+    if opts.dry_run:
+        return None
+    inputs = KeyInputs(
+        layers=[layer.digest for layer in image.layers],
+        requirements=run.requirements,
+        sandboxed=opts.sandbox != "none",
+        compression=opts.compression,
+        ignore_errors=opts.ignore_errors,
+        mirrors=opts.repo_mirrors,
+        times={**run.clock.key(), "replayed_dated": int(_package_dated(image))},
+    )
+    run.planner = planner = run.pm.planner(run.ctx, run.view, inputs)
+    if planner is None:
+        return None
+    if run.unpacked is not None or results.empty():
+        # A miss whatever the key: plan once the tree is unpacked (planning would slow the
+        # unpack down), then fetch the plan's packages while the installer works.
+        run.plan_later = functools.partial(planner.key, fetch=True)
+        return None
+    run.progress.step("Planning from the repositories' signed indices")
+    run.key = planner.key(fetch=False)
+    hit = results.get(run.key) if run.key else None
+    if hit is not None:
+        run.progress.step("The same patch was made before: reusing its layer")
+        return _from_cache(run, hit)
+    run.plan_later = planner.fetch  # a miss: the packages are fetched beside the snapshot
+    return None
+
+
+def _prepare_tree(run: _Run) -> Unpacked:
+    """The unpacked tree with its snapshot under way; planning started beside it."""
+    if run.unpacked is None:
+        work = run.stack.enter_context(work_dir(run.ctx, sum(e.size for e in run.view.walk())))
+        run.unpacked = unpack_image(run.image, run.keep, work, run.progress, run.pm.excluded)
+        run.stack.callback(concurrent.futures.wait, [run.unpacked.snap])
+    if run.plan_later is not None:
+        assert run.planner is not None
+        started_plan = background.start(run.plan_later, "plan")
+        run.planner.started(started_plan)
+        if run.key is None:
+            run.planning = started_plan
+    return run.unpacked
+
+
+def _installer(run: _Run, unpacked: Unpacked) -> Patcher:
+    """The sandbox (none with --sandbox none: nothing from the image runs) and the package
+    manager's installer for it."""
     from ocipatch.sandbox.select import select_sandbox
 
-    # --sandbox none runs nothing from the image: repos/ resolves, debinstall unpacks.
+    opts = run.opts
     passed_over: list[str] = []
     sandbox = None if opts.sandbox == "none" else select_sandbox(opts.sandbox, passed_over)
     for why in passed_over:
-        progress.note(f"sandbox {why}: trying the next one")
-    apt_config = AptConfig(
-        cache_dir=ctx.cache.work_dir("apt"),
+        run.progress.note(f"sandbox {why}: trying the next one")
+    env = InstallEnv(
+        ctx=run.ctx,
+        rootfs=unpacked.rootfs,
+        ownership=unpacked.own,
+        work=unpacked.work,
+        snapshot=unpacked.snap,
+        sandbox=sandbox,
+        osr=run.osr,
+        platform=run.image.platform,
+        progress=run.progress,
         timeout=opts.timeout,
         mirrors=opts.repo_mirrors,
         insecure=opts.insecure_repos,
-        log=work / "apt.log",
+        tooling_image=opts.tooling_image,
     )
-    patcher: Patcher
-    if distroless and sandbox is None:
-        raise UsageError(
-            "a distroless image is patched by its tooling image's apt, which needs a sandbox: "
-            "use --sandbox auto, bwrap or proot"
-        )
-    if distroless:
-        assert sandbox is not None
-        from ocipatch.distro.distroless import distroless_patcher
+    return run.pm.installer(env, run.pm.flavour(run.view, sandbox))
 
-        unpacked.snap.result()  # the tooling image's apt works on the tree from the start
 
-        patcher = distroless_patcher(
-            ctx,
-            tooling_image=opts.tooling_image,
-            osr=osr,
-            platform=image.platform,
-            rootfs=rootfs,
-            ownership=own,
-            sandbox=sandbox,
-            apt_config=apt_config,
-            work=work,
-            progress=progress,
-        )
-    elif sandbox is None:
-        progress.step("Installing directly (--sandbox none): no maintainer script will run")
-        patcher = DpkgDirectPatcher(
-            rootfs,
-            own,
-            DirectConfig(ctx.cache.work_dir("repos"), opts.repo_mirrors, opts.insecure_repos),
-            planned=ahead.install_set if ahead is not None else None,
-        )
-    else:
-        progress.step(f"Running apt in {sandbox.name}")
-        patcher = DpkgPatcher(
-            rootfs,
-            AptRunner(rootfs, sandbox, apt_config),
-            planned=ahead.install_set if ahead is not None else None,
-            empty_lists=work / "no-lists",
-        )
-    plan = patcher.plan(installed, requirements, ignore_errors=opts.ignore_errors)
-    result.plan = plan
-    result.skipped += [(i.name, i.reason) for i in plan.skipped]
-    if opts.dry_run:
-        result.status = "dry-run"
-        result.seconds = time.monotonic() - started
-        return result
-    if not plan.updates:
-        return _up_to_date(
-            opts,
-            result,
-            versions,
-            image,
-            osr,
-            started,
-            progress,
-            "Nothing to patch: no newer packages",
-        )
-    if ahead is not None:
-        ahead.wait()
+def _apply(
+    run: _Run, unpacked: Unpacked, patcher: Patcher, plan: Plan
+) -> tuple[Snapshot, ApplyOutcome]:
+    """Install the plan and check every update reached its version."""
+    if run.planner is not None:
+        run.planner.wait()
     snap = unpacked.snap.result()  # before anything writes to the tree
-    with room_in_scratch(work):
+    with room_in_scratch(unpacked.work):
         outcome = patcher.apply(plan)
-    failed = patcher.verify(plan, ignore_errors=opts.ignore_errors)
-    result.skipped += [(i.name, i.reason) for i in failed]
-    result.updated = outcome.updated
-    result.notes += outcome.notes
+    failed = patcher.verify(plan, ignore_errors=run.opts.ignore_errors)
+    run.result.skipped += [(i.name, i.reason) for i in failed]
+    run.result.updated = outcome.updated
+    run.result.notes += outcome.notes
+    return snap, outcome
 
-    progress.step("Writing the patch layer")
-    changes = diff(snap, rootfs, exclude, ownership=own)
-    replayed: dict[str, FileMeta] = {}
-    if keep < len(image.layers) and _package_dated(image):
-        # A re-patch: the previous patch layer's package files keep the times it gave them.
-        replayed = replayed_meta(view, keep, packaged_paths(rootfs))
-    changes = with_package_metadata(changes, rootfs, outcome.debs, memo, replayed=replayed)
-    result.notes += _conffile_notes(changes)
-    mtime = clock.time(newest_time(changes, outcome.debs, memo))
-    layer = _write_patch_layer(ctx, changes, opts.compression, mtime)
-    new_image = _assemble(ctx, image, keep, layer, opts.compression, result.updated, dest_ref)
-    result.layer_size = layer[2]
-    progress.step(f"Writing {dest_ref}")
-    result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
-    result.image = dest_ref
-    if planning is not None:
+
+def _build_layer(run: _Run, unpacked: Unpacked, snap: Snapshot, outcome: ApplyOutcome) -> LayerInfo:
+    """The changes as one layer, owned and dated as the installed packages say."""
+    run.progress.step("Writing the patch layer")
+    changes = diff(snap, unpacked.rootfs, run.pm.excluded, ownership=unpacked.own)
+    replay = None
+    if run.keep < len(run.image.layers) and _package_dated(run.image):
+        replay = Replay(run.view, run.keep)  # the previous patch layer's times are kept
+    dated = run.pm.file_meta(changes, unpacked.rootfs, outcome.packages, replay)
+    run.result.notes += run.pm.notes(dated.changes)
+    mtime = run.clock.time(dated.newest)
+    return _write_patch_layer(run.ctx, dated.changes, run.opts.compression, mtime)
+
+
+def _publish(run: _Run, plan: Plan, layer: LayerInfo) -> PatchResult:
+    """The patched image written (tag last), the result cached, the fixes and VEX."""
+    result = run.result
+    new_image = _assemble(run, layer)
+    result.layer_size = layer.size
+    run.progress.step(f"Writing {run.dest_ref}")
+    result.image_digest = write_image(new_image, run.dest_ref, run.ctx.registry_options)
+    result.image = run.dest_ref
+    if run.planning is not None:
         try:
-            key = planning.result()
+            run.key = run.planning.result()
         except Exception as e:  # the cache is an optimisation: never fail a done patch
             log.debug("result cache key not computed: %s", e)
-    if key is not None:
-        results.put(key, CachedResult(layer[0], layer[2], layer[1], _meta(result, plan)))
-
-    return _finish(opts, result, osr, image, new_image, dest_ref, versions, started, progress)
-
-
-def _conffile_notes(changes: list[Change]) -> list[str]:
-    return [
-        f"kept the image's /{c.path[: -len('.dpkg-dist')]}; the package's new version is /{c.path}"
-        for c in changes
-        if c.path.endswith(".dpkg-dist") and c.type == "file"
-    ]
+    if run.key is not None and run.results is not None:
+        cached = CachedResult(layer.digest, layer.size, layer.diff_id, _meta(result, plan))
+        run.results.put(run.key, cached)
+    return _finish(run, new_image)
 
 
 def _meta(result: PatchResult, plan: Plan) -> dict[str, Any]:
     """What a cache hit needs to report the same result as the run that made the layer."""
     return {
-        "updated": result.updated,
+        "updated": [list(c) for c in result.updated],
         "skipped": result.skipped,
         "notes": result.notes,
         "plan": [{**i.to_json(), "vulnerabilities": list(i.vulnerabilities)} for i in plan.items],
     }
 
 
-def _from_cache(
-    ctx: Context,
-    opts: PatchOptions,
-    image: Image,
-    keep: int,
-    hit: CachedResult,
-    result: PatchResult,
-    dest_ref: ImageRef,
-    osr: OsRelease | None,
-    versions: _Versions,
-    started: float,
-    progress: Progress,
-) -> PatchResult:
-    meta = hit.meta
-    result.updated = [(str(a), str(b), str(c)) for a, b, c in meta["updated"]]
+def _from_cache(run: _Run, hit: CachedResult) -> PatchResult:
+    meta, result = hit.meta, run.result
+    result.updated = [PackageChange(str(a), str(b), str(c)) for a, b, c in meta["updated"]]
     result.skipped = [(str(a), str(b)) for a, b in meta["skipped"]]
     result.notes = [
         *meta["notes"],
         "reused the patch layer of an identical earlier run (same base, same package versions)",
     ]
-    plan = Plan(
+    result.plan = Plan(
         [
             PlanItem(
                 d["name"],
                 d["installed"],
                 d["required"],
                 d["available"],
-                d["action"],
+                Action(d["action"]),
                 d["reason"],
                 tuple(d["vulnerabilities"]),
             )
             for d in meta["plan"]
         ]
     )
-    result.plan = plan
-    new_image = _assemble(
-        ctx,
-        image,
-        keep,
-        (hit.layer_digest, hit.diff_id, hit.layer_size),
-        opts.compression,
-        result.updated,
-        dest_ref,
-    )
+    new_image = _assemble(run, LayerInfo(hit.layer_digest, hit.diff_id, hit.layer_size))
     result.layer_size = hit.layer_size
-    progress.step(f"Writing {dest_ref}")
-    result.image_digest = write_image(new_image, dest_ref, ctx.registry_options)
-    result.image = dest_ref
-    return _finish(opts, result, osr, image, new_image, dest_ref, versions, started, progress)
+    run.progress.step(f"Writing {run.dest_ref}")
+    result.image_digest = write_image(new_image, run.dest_ref, run.ctx.registry_options)
+    result.image = run.dest_ref
+    return _finish(run, new_image)
 
 
 @dataclass
@@ -595,9 +604,8 @@ class _Versions:
     base: dict[str, str]
     source: dict[str, str]
     compare: Comparator
-    ecosystem: str
 
-    def fixed(self, updated: list[tuple[str, str, str]]) -> list[Fixed]:
+    def fixed(self, updated: list[PackageChange]) -> list[Fixed]:
         """Every report fix the patch layer carries (this round's and earlier rounds')."""
         return fixed_by_patch(
             self.report, self.base, after_patch(self.source, updated), self.compare
@@ -606,48 +614,40 @@ class _Versions:
 
 def _versions(
     report: UpdateManifest | None,
-    pm: Dpkg,
+    pm: PackageManager,
     view: MergedView,
     image: Image,
     keep: int,
     installed: list[InstalledPackage],
 ) -> _Versions:
-    cmp = comparator(pm.ecosystem)
+    cmp = pm.compare
     source = lowest_versions(((p.name, p.version) for p in installed), cmp)
     base = source
     if report is not None and keep < len(image.layers):
-        # The original's packages: the merged base layers (indexed by now, the DB captured).
+        # The original's packages: the merged base layers (indexed by now, the DB read).
         below = pm.read_db(MergedView(image.layers[:keep], view.index_cache_dir))
         base = lowest_versions(((p.name, p.version) for p in below), cmp)
-    return _Versions(report, base, source, cmp, pm.ecosystem)
+    return _Versions(report, base, source, cmp)
 
 
-def _up_to_date(
-    opts: PatchOptions,
-    result: PatchResult,
-    versions: _Versions,
-    image: Image,
-    osr: OsRelease | None,
-    started: float,
-    progress: Progress,
-    message: str,
-) -> PatchResult:
+def _up_to_date(run: _Run, message: str) -> PatchResult:
     """Nothing to write; an image ocipatch patched before still carries its fixes: they are
     reported, and --vex states them for the source image itself."""
-    result.status = "up-to-date"
-    fixed = versions.fixed([])
+    result, image, vex = run.result, run.image, run.opts.vex
+    result.status = Status.UP_TO_DATE
+    fixed = run.versions.fixed([])
     result.vulnerabilities_fixed = fixed_ids(fixed)
-    if opts.vex is not None:
+    if vex is not None:
         if fixed:
-            _write_vex(opts.vex, fixed, result.source, image.digest, image, osr, versions)
+            _write_vex(run, vex, fixed, result.source, image.digest)
             result.notes.append(
                 f"wrote the VEX for {result.source} ({image.digest}): its patch layer already "
                 f"fixes {len(result.vulnerabilities_fixed)} of the report's vulnerabilities"
             )
         else:
-            result.notes.append(_no_vex(versions))
-    result.seconds = time.monotonic() - started
-    progress.done(message)
+            result.notes.append(_no_vex(run.versions))
+    result.seconds = time.monotonic() - run.started
+    run.progress.done(message)
     return result
 
 
@@ -658,34 +658,25 @@ def _no_vex(versions: _Versions) -> str:
     return "no VEX written: no vulnerability of the report is fixed in this image by a patch layer"
 
 
-def _finish(
-    opts: PatchOptions,
-    result: PatchResult,
-    osr: OsRelease | None,
-    image: Image,
-    new_image: Image,
-    dest_ref: ImageRef,
-    versions: _Versions,
-    started: float,
-    progress: Progress,
-) -> PatchResult:
+def _finish(run: _Run, new_image: Image) -> PatchResult:
     """What a written patch (made now or reused) reports: fixed ids, the VEX, the time."""
-    fixed = versions.fixed(result.updated)
+    result = run.result
+    fixed = run.versions.fixed(result.updated)
     result.vulnerabilities_fixed = fixed_ids(fixed)
-    if opts.vex is not None:
+    if run.opts.vex is not None:
         if fixed:
-            _write_vex(opts.vex, fixed, dest_ref, new_image.digest, image, osr, versions)
+            _write_vex(run, run.opts.vex, fixed, run.dest_ref, new_image.digest)
         else:
-            result.notes.append(_no_vex(versions))
-    result.seconds = time.monotonic() - started
-    progress.done(f"Patched {len(result.updated)} packages -> {dest_ref}")
+            result.notes.append(_no_vex(run.versions))
+    result.seconds = time.monotonic() - run.started
+    run.progress.done(f"Patched {len(result.updated)} packages -> {run.dest_ref}")
     return result
 
 
 def _write_patch_layer(
     ctx: Context, changes: list[Change], compression: str, mtime: int
-) -> tuple[str, str, int]:
-    """Write the layer into the blob cache, dated by the layer time; (digest, diff_id, size)."""
+) -> LayerInfo:
+    """Write the layer into the blob cache, dated by the layer time."""
     tmp_dir = ctx.cache.work_dir("tmp")
     fd, name = runs.mkstemp(tmp_dir)
     try:
@@ -694,23 +685,17 @@ def _write_patch_layer(
         ctx.cache.put_file(info.digest, Path(name))
     finally:
         Path(name).unlink(missing_ok=True)  # put_file moved it, or the layer was not written
-    return info.digest, info.diff_id, info.size
+    return info
 
 
-def _assemble(
-    ctx: Context,
-    image: Image,
-    keep: int,
-    layer: tuple[str, str, int],
-    compression: str,
-    updated: list[tuple[str, str, str]],
-    dest_ref: ImageRef,
-) -> Image:
-    """The patched image as it will be written (OCI when dest_ref or the layer needs it, so
-    its digest is the one the VEX names)."""
-    digest, diff_id, size = layer
-    desc = Descriptor(mt.layer_media_type(compression, image.is_docker), digest, size)
-    summary = ", ".join(f"{n} {b}" for n, _, b in updated[:20])
+def _assemble(run: _Run, layer: LayerInfo) -> Image:
+    """The patched image as it will be written (OCI when the destination or the layer needs
+    it, so its digest is the one the VEX names)."""
+    image, keep, updated = run.image, run.keep, run.result.updated
+    desc = Descriptor(
+        mt.layer_media_type(run.opts.compression, image.is_docker), layer.digest, layer.size
+    )
+    summary = ", ".join(f"{c.name} {c.new}" for c in updated[:20])
     history = {
         "created_by": f"{HISTORY_PREFIX}: {summary}" + (" …" if len(updated) > 20 else ""),
         "comment": "ocipatch",
@@ -721,9 +706,9 @@ def _assemble(
         LABEL_WRITER: str(WRITER_FORMAT),
     }
     appended = append_layer(
-        image, desc, diff_id, ctx.cache, history=history, labels=labels, keep_layers=keep
+        image, desc, layer.diff_id, run.ctx.cache, history=history, labels=labels, keep_layers=keep
     )
-    return for_destination(appended, dest_ref)
+    return for_destination(appended, run.dest_ref)
 
 
 def _original_digest(image: Image, keep: int) -> str:
@@ -733,33 +718,12 @@ def _original_digest(image: Image, keep: int) -> str:
     return image.digest
 
 
-def _write_vex(
-    path: Path,
-    fixed: list[Fixed],
-    ref: ImageRef,
-    digest: str,
-    image: Image,
-    osr: OsRelease | None,
-    versions: _Versions,
-) -> None:
+def _write_vex(run: _Run, path: Path, fixed: list[Fixed], ref: ImageRef, digest: str) -> None:
     """One `fixed` statement per vulnerability, product the image `ref` at `digest`."""
-    from ocipatch.vex import build_vex, fixed_vulns, oci_purl, package_purl, vex_json
+    from ocipatch.vex import build_vex, fixed_vulns, oci_purl, vex_json
 
-    arch = image.platform.architecture
-    pairs = [
-        (
-            f.update,
-            package_purl(
-                versions.ecosystem,
-                osr.id if osr else "debian",
-                f.update.name,
-                f.version,
-                arch,
-                osr.version_id if osr else None,
-            ),
-        )
-        for f in fixed
-    ]
+    arch = run.image.platform.architecture
+    pairs = [(f.update, run.pm.purl(run.osr, f.update.name, f.version, arch)) for f in fixed]
     if ref.is_registry:
         product = oci_purl(ref.name, digest, ref.tag, arch)
     else:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ocipatch import background, runs, space
 from ocipatch.context import Context
-from ocipatch.distro.dpkg import exclude
-from ocipatch.fs.changes import Snapshot, snapshot
+from ocipatch.fs.changes import Exclude, Snapshot, snapshot
 from ocipatch.fs.unpack import OnIndex, OwnershipMap, unpack
 from ocipatch.oci.image import Image, prefetch
 from ocipatch.progress import Progress
@@ -79,15 +78,21 @@ class Unpacked:
     work: Path
     rootfs: Path
     own: OwnershipMap
-    snap: Future[Snapshot]  # under way while apt updates its lists; done before apt installs
+    snap: Future[Snapshot]  # under way while the installer plans; done before it installs
 
 
 def unpack_image(
-    image: Image, keep: int, work: Path, progress: Progress, on_index: OnIndex | None = None
+    image: Image,
+    keep: int,
+    work: Path,
+    progress: Progress,
+    exclude: Exclude,
+    on_index: OnIndex | None = None,
 ) -> Unpacked:
     """The image's layers into work/rootfs, with a snapshot of the original ones. Without a
     previous patch layer to replay the snapshot is taken on a thread (it only reads the tree,
-    as apt's update does); with one, it is taken before the replay."""
+    as the installer's planning does); with one, it is taken before the replay. `exclude` may
+    leave out less than the diff will (fs/changes.py: the diff excludes on both sides)."""
     rootfs = work / "rootfs"
     progress.step(f"Unpacking {len(image.layers)} layers")
     prefetch(image.layers)

@@ -17,8 +17,9 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ocipatch.distro.debmeta import newest_mtime, with_package_metadata
-from ocipatch.distro.dpkg import exclude
+from ocipatch.distro.deb.aptrun import apt_env
+from ocipatch.distro.deb.debmeta import newest_mtime, with_package_metadata
+from ocipatch.distro.deb.native import exclude
 from ocipatch.fs.changes import diff, snapshot
 from ocipatch.fs.layerwriter import write_layer
 from ocipatch.fs.unpack import unpack
@@ -150,7 +151,7 @@ def serving(server: RepoServer, root: Path) -> Iterator[None]:
 
 def _sandbox_run(rootfs: Path, argv: list[str], binds: Sequence[tuple[Path, str, bool]]) -> None:
     proc = select_sandbox("bwrap").run(
-        RunSpec(rootfs, argv, binds=binds, network=False, timeout=300)
+        RunSpec(rootfs, argv, env=apt_env(), binds=binds, network=False, timeout=300)
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}")

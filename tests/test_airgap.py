@@ -27,12 +27,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from ocipatch.distro.deb.repos.resolve import InstallItem, installed_from_rootfs
 from ocipatch.fs.unpack import unpack
 from ocipatch.oci.cache import BlobCache
 from ocipatch.oci.reference import parse_reference
 from ocipatch.oci.remote import RegistryOptions
 from ocipatch.oci.transport import open_image
-from ocipatch.repos.resolve import InstallItem, installed_from_rootfs
 from tests.archive import trivy_report
 from tests.plugins.aptrepo import UNPRIVILEGED_UID, scratch_dir
 from tests.plugins.images import trivy_packages, umoci_unpack
@@ -448,7 +448,7 @@ def test_unsigned_mirror_needs_insecure_repos(env: Airgap) -> None:
 
 
 def test_sandbox_none_through_the_mirror(env: Airgap) -> None:
-    """The pure-Python path (ocipatch.repos + direct unpacking) honours --repo-mirror too."""
+    """The pure-Python path (ocipatch.distro.deb.repos + direct unpacking) honours --repo-mirror too."""
     # (the log exists once the mirror served something: not yet when this test runs alone)
     before = len(env.mirror_log.read_text().splitlines()) if env.mirror_log.exists() else 0
     report = env.report("none", FIRST)

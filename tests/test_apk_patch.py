@@ -154,8 +154,8 @@ def check_db_is_the_disk(
 
 def check_package_files(run: Run, kept: frozenset[str] = frozenset()) -> None:
     """Every updated file equals the package's byte for byte and is recorded with its owner."""
-    assert run.outcome.debs and all(p.suffix == ".apk" for p in run.outcome.debs)
-    for path in run.outcome.debs:
+    assert run.outcome.packages and all(p.suffix == ".apk" for p in run.outcome.packages)
+    for path in run.outcome.packages:
         apk = read_apk(path.read_bytes(), str(path))
         with apk.open_data() as tar:
             for m in tar:
@@ -255,7 +255,7 @@ def test_alpine_without_sandbox_unprivileged(
     assert "bin/busybox" not in run.changed  # the same bytes in both releases
     assert "usr/lib/engines-3" in run.changed  # deleted: no package owns it any more
     assert not any(excluded(p) for p in run.changed)
-    meta = file_meta(run.outcome.debs)
+    meta = file_meta(run.outcome.packages)
     assert meta["bin/busybox"][:3] == (0, 0, 0o755)
     assert run.own["bin/busybox"].mode == 0o755
     check_nothing_left(run)

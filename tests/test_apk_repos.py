@@ -12,8 +12,8 @@ import pytest
 from ocipatch.distro.apk.records import Record
 from ocipatch.distro.apk.repos import ApkRepositories, image_arch, image_repositories
 from ocipatch.distro.apk.resolve import Candidate
+from ocipatch.distro.fetch import Fetcher
 from ocipatch.errors import ImageFormatError, IntegrityError, UnsupportedError
-from ocipatch.repos.fetch import Fetcher
 from tools.apkrepo import ApkKey, flip_byte, resign, strip_signature
 from tools.aptrepo import RepoServer
 from tools.build_apk_image import ALPINE_KEY, MIRROR_BASE, copy_repo

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from ocipatch.sandbox.base import APT_NO_PRIVILEGE_DROP, RunSpec
+from ocipatch.distro.deb.aptrun import APT_NO_PRIVILEGE_DROP, apt_env
+from ocipatch.sandbox.base import RunSpec
 from tests.plugins.aptrepo import UNPRIVILEGED_UID, ServedRepo, run_in_sandbox
 from tools.aptrepo import (
     DebFile,
@@ -275,7 +276,7 @@ def _apt(repo: ServedRepo, *args: str) -> str:
 
 
 def _apt_spec(rootfs: Path, repo: ServedRepo, script: str) -> RunSpec:
-    return RunSpec(rootfs, ["sh", "-c", script], timeout=300)
+    return RunSpec(rootfs, ["sh", "-c", script], env=apt_env(), timeout=300)
 
 
 APT_CASES = [("bwrap", None), ("bwrap", UNPRIVILEGED_UID), ("proot", UNPRIVILEGED_UID)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ocipatch.distro.debinstall import RootInstaller, read_deb
-from ocipatch.distro.debmeta import control_files, deb_file_meta
+from ocipatch.distro.deb.debinstall import RootInstaller, read_deb
+from ocipatch.distro.deb.debmeta import control_files, deb_file_meta
 from ocipatch.fs.unpack import OwnershipMap
 from tools.aptrepo import DebFile, DebSpec, build_deb
 

@@ -28,10 +28,9 @@ import pytest
 from debian.debian_support import version_compare
 
 from ocipatch.context import Context
-from ocipatch.distro.apt import SOURCES_INSIDE, AptConfig
-from ocipatch.distro.debinstall import RootInstaller, read_deb
-from ocipatch.distro.detect import OsRelease
-from ocipatch.distro.distroless import (
+from ocipatch.distro.deb.aptrun import SOURCES_INSIDE, AptConfig
+from ocipatch.distro.deb.debinstall import RootInstaller, read_deb
+from ocipatch.distro.deb.tooling import (
     DistrolessPatcher,
     StatusD,
     ToolingAptRunner,
@@ -42,6 +41,7 @@ from ocipatch.distro.distroless import (
     parse_simulation,
     tooling_rootfs,
 )
+from ocipatch.distro.detect import OsRelease
 from ocipatch.errors import ApplyError, UnsafeArchiveError, UnsupportedError
 from ocipatch.fs.unpack import OwnershipMap
 from ocipatch.oci.types import Platform
@@ -648,7 +648,7 @@ def test_new_dependency_and_stubs_with_a_local_repository(
     assert (target / "usr/share/newdep/x").read_bytes() == b"n"
     assert (target / STATUS_D / "newdep.md5sums").is_file(), "the image uses md5sums"
     assert not (target / STATUS_D / "libc6").exists(), "a stub never reaches the image"
-    assert sorted(p.name for p in out.debs) == [
+    assert sorted(p.name for p in out.packages) == [
         "foo_2.0_arm64.deb",
         "newdep_1.0_arm64.deb",
     ]

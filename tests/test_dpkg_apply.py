@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ocipatch.distro.base import Plan, PlanItem
-from ocipatch.distro.dpkg import EXTENDED_STATES, _keep_auto_marks, verify_versions
+from ocipatch.distro.deb.native import EXTENDED_STATES, _keep_auto_marks, verify_versions
 from ocipatch.errors import VerifyError
 
 

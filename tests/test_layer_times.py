@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ocipatch.distro.debmeta import (
+from ocipatch.distro.deb.debmeta import (
     DebMetaMemo,
     FileMeta,
     by_real_path,

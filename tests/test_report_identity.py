@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ocipatch.distro.versions import compare_deb
+from ocipatch.distro.deb.rules import compare_deb
 from ocipatch.errors import ReportError
 from ocipatch.oci.reference import parse_reference
 from ocipatch.reports.fixes import after_patch, fixed_by_patch, fixed_ids, lowest_versions

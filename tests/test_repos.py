@@ -1,4 +1,4 @@
-"""ocipatch.repos: apt sources, signed indices, resolution and verified downloads, without apt.
+"""ocipatch.distro.deb.repos: apt sources, signed indices, resolution and verified downloads, without apt.
 
 Against a local signed repository (tools/aptrepo.py, served on loopback) and, in one test, the
 real Debian archive named by this machine's own apt sources.
@@ -20,21 +20,25 @@ from typing import Any
 import pytest
 
 from ocipatch.distro.base import Requirement
-from ocipatch.distro.versions import compare_deb
-from ocipatch.errors import IntegrityError, ResolveError, UnsupportedError
-from ocipatch.repos.apt import AptRepositories, suite_base
-from ocipatch.repos.fetch import Fetcher
-from ocipatch.repos.index import parse_relations
-from ocipatch.repos.resolve import Installed, Resolver, by_source_default, installed_from_rootfs
-from ocipatch.repos.signature import dearmor
-from ocipatch.repos.sources import (
+from ocipatch.distro.deb.repos.archive import AptRepositories, suite_base
+from ocipatch.distro.deb.repos.index import parse_relations
+from ocipatch.distro.deb.repos.resolve import (
+    Installed,
+    Resolver,
+    by_source_default,
+    installed_from_rootfs,
+)
+from ocipatch.distro.deb.repos.signature import dearmor
+from ocipatch.distro.deb.repos.sources import (
     AptSource,
+    image_path,
     parse_deb822_sources,
     parse_one_line_sources,
     read_sources,
-    resolve_in_root,
-    rewrite,
 )
+from ocipatch.distro.deb.rules import compare_deb
+from ocipatch.distro.fetch import Fetcher, rewrite
+from ocipatch.errors import IntegrityError, ResolveError, UnsupportedError
 from tests.plugins.aptrepo import ServedRepo
 from tools.aptrepo import (
     DEFAULT_EPOCH,
@@ -224,17 +228,17 @@ def test_read_sources_order_and_filtering(tmp_path: Path) -> None:
     ]
 
 
-def test_resolve_in_root_never_leaves_the_root(tmp_path: Path) -> None:
+def test_image_path_never_leaves_the_root(tmp_path: Path) -> None:
     root = tmp_path / "r"
     (root / "usr/share/keyrings").mkdir(parents=True)
     (root / "etc").mkdir()
     (root / "etc/k.gpg").symlink_to("/usr/share/keyrings/k.gpg")
     (root / "etc/up").symlink_to("../../../../..")
-    assert resolve_in_root(root, "/etc/k.gpg") == root / "usr/share/keyrings/k.gpg"
-    assert resolve_in_root(root, "/etc/up/etc/passwd") == root / "etc/passwd"
+    assert image_path(root, "/etc/k.gpg") == root / "usr/share/keyrings/k.gpg"
+    assert image_path(root, "/etc/up/etc/passwd") == root / "etc/passwd"
     (root / "loop").symlink_to("loop")
     with pytest.raises(UnsupportedError, match="too many levels"):
-        resolve_in_root(root, "/loop/x")
+        image_path(root, "/loop/x")
 
 
 @pytest.mark.parametrize(
@@ -507,7 +511,7 @@ def test_two_processes_share_the_cache(tmp_path: Path, hello: ServedRepo) -> Non
     script = (
         "import sys; from pathlib import Path\n"
         "from ocipatch.distro.base import Requirement\n"
-        "from ocipatch.repos.apt import AptRepositories\n"
+        "from ocipatch.distro.deb.repos.archive import AptRepositories\n"
         "r = AptRepositories(Path(sys.argv[1]), Path(sys.argv[2]), arch=sys.argv[3])\n"
         "(i,) = r.download(r.resolve([Requirement('hello', None)]).items)\n"
         "print(i.path)\n"
@@ -772,7 +776,7 @@ def test_real_debian_security_openssl(tmp_path: Path) -> None:
         f"Signed-By: {src.signed_by}\n",
         status=status,
     )
-    install_key(root, resolve_in_root(Path("/"), src.signed_by), src.signed_by)
+    install_key(root, image_path(Path("/"), src.signed_by), src.signed_by)
     t0 = time.monotonic()
     repos = AptRepositories(root, tmp_path / "cache")  # arch from the dpkg status
     repos.update()

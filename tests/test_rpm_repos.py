@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from ocipatch.distro.deb.repos.signature import Keyrings, verify_detached
+from ocipatch.distro.fetch import Fetcher
 from ocipatch.distro.rpm.db import RootDir, read_installed
 from ocipatch.distro.rpm.repomd import check_checksum, decompress, parse_primary, parse_repomd
 from ocipatch.distro.rpm.repos import RpmRepositories, image_repos, image_vars
 from ocipatch.distro.rpm.verify import verify_rpm
 from ocipatch.errors import ImageFormatError, IntegrityError, ResolveError, UnsupportedError
-from ocipatch.repos.fetch import Fetcher
-from ocipatch.repos.signature import Keyrings, verify_detached
 from tests.rpm_formats import FORMATS, needs_formats, sample_dirs
 from tools.rpmrepo import (
     GpgKey,

@@ -18,15 +18,15 @@ from pathlib import Path
 import pyseccomp
 import pytest
 
+from ocipatch.distro.deb.aptrun import APT_NO_PRIVILEGE_DROP, apt_env
 from ocipatch.errors import SandboxError, UsageError
 from ocipatch.sandbox.base import (
-    APT_NO_PRIVILEGE_DROP,
     CommandTimeout,
     RunSpec,
     Sandbox,
     default_env,
     descendants,
-    resolve_in_root,
+    mount_point,
 )
 from ocipatch.sandbox.bwrap import BwrapSandbox
 from ocipatch.sandbox.proot import ProotSandbox
@@ -253,15 +253,15 @@ def test_resolv_conf_variants_leave_no_trace(
     assert _tree(root) == before  # no mount point left behind, /etc's mtime restored
 
 
-def test_resolve_in_root_stays_inside(tmp_path: Path) -> None:
+def test_mount_point_stays_inside(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/a").symlink_to("../../../../run/x")
     (tmp_path / "etc/b").symlink_to("/etc/a")
     (tmp_path / "etc/loop").symlink_to("loop")
-    assert resolve_in_root(tmp_path, "/etc/b") == "/run/x"
-    assert resolve_in_root(tmp_path, "/../../etc/./a/../y") == "/run/y"
+    assert mount_point(tmp_path, "/etc/b") == "/run/x"
+    assert mount_point(tmp_path, "/../../etc/./a/../y") == "/run/y"
     with pytest.raises(SandboxError, match="too many symlinks"):
-        resolve_in_root(tmp_path, "/etc/loop")
+        mount_point(tmp_path, "/etc/loop")
 
 
 def test_binds_read_only_and_read_write(tmp_path: Path, mini_rootfs: Callable[..., Path]) -> None:
@@ -592,7 +592,9 @@ def test_real_security_updates_as_unprivileged_user(
         f"dpkg --audit && {apt} -s upgrade | tail -1"
     )
     r = run_in_sandbox(
-        backend, RunSpec(root, ["sh", "-c", script], timeout=900), user=UNPRIVILEGED_UID
+        backend,
+        RunSpec(root, ["sh", "-c", script], env=apt_env(), timeout=900),
+        user=UNPRIVILEGED_UID,
     )
     assert r.returncode == 0, r.stdout[-3000:]
     assert "error setting ownership" not in r.stdout

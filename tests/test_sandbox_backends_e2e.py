@@ -290,7 +290,7 @@ def test_auto_without_user_namespaces_picks_proot(env: Env) -> None:
 
 
 def test_sandbox_none(debian_two_layer_layout: Path, registry: Any, env: Env) -> None:
-    """The real two-layer Debian image, nothing of it run: repos/ resolves and verifies,
+    """The real two-layer Debian image, nothing of it run: distro/deb/repos resolves and verifies,
     the payloads are unpacked directly; trivy sees the fixed versions, the notes say that no
     maintainer script ran, the layer carries the packages' owners and modes."""
     ref = f"{registry.host}/backends/debian:12"

@@ -4,7 +4,7 @@ copied byte for byte, plus only the pool files a patch needs, at the archive's o
 For every (URI, suite) of the image's apt sources, `dists/SUITE/{InRelease,Release,Release.gpg}`
 and each component's `binary-ARCH/Packages.xz` (also at `by-hash/SHA256/<hash>` when the Release
 says Acquire-By-Hash) are copied; the packages a patch will install are found by resolving
-against that copy (ocipatch.repos, which also checks the copied signatures with the image's own
+against that copy (ocipatch.distro.deb.repos, which also checks the copied signatures with the image's own
 keyring), and their .debs are copied to `pool/...`. A source URI `http://host/debian` lands
 under `ROOT/debian`, so one mirror can stand in for several URIs:
 
@@ -42,12 +42,12 @@ from urllib.parse import urlsplit
 import requests
 
 from ocipatch.distro.base import Requirement
+from ocipatch.distro.deb.repos.archive import AptRepositories, suite_base
+from ocipatch.distro.deb.repos.index import parse_release
+from ocipatch.distro.deb.repos.resolve import InstallItem, installed_from_rootfs, native_arch
+from ocipatch.distro.deb.repos.signature import image_keyrings, verify_detached
+from ocipatch.distro.deb.repos.sources import AptSource, read_sources
 from ocipatch.errors import IntegrityError
-from ocipatch.repos.apt import AptRepositories, suite_base
-from ocipatch.repos.index import parse_release
-from ocipatch.repos.resolve import InstallItem, installed_from_rootfs, native_arch
-from ocipatch.repos.signature import image_keyrings, verify_detached
-from ocipatch.repos.sources import AptSource, read_sources
 
 CACHE_DIR = Path.home() / ".cache" / "ocipatch-tests" / "mirror"
 RELEASE_MAX_AGE = timedelta(hours=6)
@@ -300,7 +300,7 @@ def resolve_against(
     work: Path,
     arch: str | None = None,
 ) -> list[InstallItem]:
-    """What a patch would install, resolved by ocipatch.repos from the replica's indices (whose
+    """What a patch would install, resolved by ocipatch.distro.deb.repos from the replica's indices (whose
     signatures are checked with the image's keyring). None: every pending update."""
     repos = AptRepositories(rootfs, work, arch=arch, mirrors=mirror.mirrors(mirror.file_url))
     if requirements is None:

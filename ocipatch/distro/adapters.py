@@ -1,52 +1,92 @@
-"""The table of package-manager adapters and detection over an image's filesystem."""
+"""The package managers ocipatch detects but does not patch yet (apk, rpm): each says so in
+one line, and answers the rest of the PackageManager protocol (distro/base.py) with its
+ecosystem's rules, so the contract tests hold for it already. A real adapter replaces its
+class in the table (distro/registry.py ADAPTERS) when its patcher lands."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
-from ocipatch.distro.base import InstalledPackage, PackageManager
-from ocipatch.distro.detect import FileView
-from ocipatch.distro.dpkgdb import STATUS, STATUS_D, read_packages
+from ocipatch.context import Context
+from ocipatch.distro.base import (
+    ALWAYS_EXCLUDED,
+    Dated,
+    Flavour,
+    InstalledPackage,
+    InstallEnv,
+    KeyInputs,
+    Patcher,
+    Planner,
+    Replay,
+    excluded_by,
+)
+from ocipatch.distro.detect import FileView, OsRelease
+from ocipatch.distro.versions import comparator
 from ocipatch.errors import UnsupportedError
-
-
-class Dpkg:
-    name: ClassVar[str] = "dpkg"
-    ecosystem: ClassVar[str] = "deb"
-
-    @classmethod
-    def detect(cls, view: FileView) -> bool:
-        return view.exists(STATUS) or view.exists(STATUS_D)
-
-    @classmethod
-    def is_distroless(cls, view: FileView) -> bool:
-        return view.exists(STATUS_D) and not view.exists(STATUS)
-
-    def read_db(self, view: FileView) -> list[InstalledPackage]:
-        return read_packages(view)
+from ocipatch.fs.changes import Change
+from ocipatch.fs.merged import MergedView
+from ocipatch.sandbox.base import Sandbox
+from ocipatch.vex import package_purl
 
 
 class _NotYet:
-    """A package manager we detect so that we can say so, but do not read yet."""
+    """A package manager we detect so that we can say so, but do not patch yet."""
 
     name: ClassVar[str] = ""
     ecosystem: ClassVar[str] = ""
-    paths: ClassVar[tuple[str, ...]] = ()
+    supported: ClassVar[bool] = False
+    state_paths: ClassVar[tuple[str, ...]] = ()  # no planner
+    paths: ClassVar[tuple[str, ...]] = ()  # its installed-package database, any of these
+    caches: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def detect(cls, view: FileView) -> bool:
         return any(view.exists(p) for p in cls.paths)
 
-    def read_db(self, view: FileView) -> list[InstalledPackage]:
-        raise UnsupportedError(
+    def _unsupported(self) -> UnsupportedError:
+        return UnsupportedError(
             f"{self.name} images are not supported yet: ocipatch handles dpkg (Debian, Ubuntu) today"
         )
+
+    def read_db(self, view: FileView) -> list[InstalledPackage]:
+        raise self._unsupported()
+
+    def compare(self, a: str, b: str) -> int:
+        return comparator(self.ecosystem)(a, b)
+
+    def planner(self, ctx: Context, view: MergedView, inputs: KeyInputs) -> Planner | None:
+        return None
+
+    def flavour(self, view: FileView, sandbox: Sandbox | None) -> Flavour:
+        raise self._unsupported()
+
+    def installer(self, env: InstallEnv, flavour: Flavour) -> Patcher:
+        raise self._unsupported()
+
+    def excluded(self, path: str) -> bool:
+        return excluded_by((*ALWAYS_EXCLUDED, *self.caches), path)
+
+    def file_meta(
+        self, changes: list[Change], rootfs: Path, packages: Sequence[Path], replay: Replay | None
+    ) -> Dated:
+        return Dated(changes, max((c.mtime for c in changes if c.mtime is not None), default=0))
+
+    def notes(self, changes: Sequence[Change]) -> list[str]:
+        return []
+
+    def purl(self, osr: OsRelease | None, name: str, version: str, arch: str) -> str:
+        distro_id, distro_version = (osr.id, osr.version_id) if osr else (self.name, None)
+        return package_purl(self.ecosystem, distro_id, name, version, arch, distro_version)
 
 
 class Apk(_NotYet):
     name = "apk"
     ecosystem = "apk"
-    paths = ("lib/apk/db/installed",)
+    # apk-tools writes lib/apk/db; apko (Wolfi, Chainguard) writes usr/lib/apk/db.
+    paths = ("lib/apk/db/installed", "usr/lib/apk/db/installed")
+    caches = ("var/cache/apk", "etc/apk/cache")
 
 
 class Rpm(_NotYet):
@@ -60,13 +100,4 @@ class Rpm(_NotYet):
         "usr/lib/sysimage/rpm/Packages.db",
         "var/lib/rpmmanifest/container-manifest-2",
     )
-
-
-ADAPTERS: tuple[type[PackageManager], ...] = (Dpkg, Apk, Rpm)
-
-
-def detect(view: FileView) -> PackageManager | None:
-    for cls in ADAPTERS:
-        if cls.detect(view):
-            return cls()
-    return None
+    caches = ("var/cache/dnf", "var/cache/yum", "var/cache/zypp", "var/cache/tdnf")

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from functools import cmp_to_key
 from typing import Any
 
-from debian.debian_support import Version as _DebVersion
-from debian.debian_support import version_compare as _deb_version_compare
+from ocipatch.distro.deb.rules import compare_deb
 
 Comparator = Callable[[str, str], int]
+
+__all__ = ["Comparator", "comparator", "compare_apk", "compare_deb", "compare_rpm", "sort_key"]
 
 ECOSYSTEMS = ("deb", "apk", "rpm")
 
@@ -27,26 +28,6 @@ def _sign(n: int) -> int:
 
 def _cmp_str(a: str, b: str) -> int:
     return (a > b) - (a < b)
-
-
-# --- deb -------------------------------------------------------------------------------------
-
-
-def compare_deb(a: str, b: str) -> int:
-    """Order two Debian versions ([epoch:]upstream[-revision]) as dpkg does.
-
-    Raises ValueError for a string python-debian cannot parse (spaces, '_', empty, ...).
-    """
-    return _sign(_deb_version_compare(a, b))
-
-
-def is_deb_version(text: str) -> bool:
-    """True if compare_deb can order `text` (what readers of outside data check first)."""
-    try:
-        _DebVersion(text)
-    except ValueError:
-        return False
-    return True
 
 
 # --- rpm -------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 # Same limit as Linux (MAXSYMLINKS): more hops than this is a loop.
@@ -131,6 +132,15 @@ def resolve_lenient(tree: Tree, path: str, *, max_hops: int = MAX_SYMLINKS) -> s
     real = _walk(tree, path, True, False, None, True, max_hops)
     assert real is not None  # lenient never gives up
     return real
+
+
+def resolve_in_root(root: Path, path: str, *, max_hops: int = MAX_SYMLINKS) -> Path:
+    """`path` as the image sees it, mapped under the host directory `root` (chroot semantics):
+    every symlink on the way (absolute or relative, `..` included) is resolved inside the root,
+    never on the host; what does not exist is kept as named. Raises SymlinkLoop. The one
+    resolver of image paths on disk: the sandbox's mount points and the package managers'
+    configuration files go through it."""
+    return root.joinpath(resolve_lenient(DiskTree(root), path, max_hops=max_hops))
 
 
 def _components(path: str) -> list[str]:

@@ -29,26 +29,18 @@ _log = logging.getLogger(__name__)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 
-# apt drops privileges to the `_apt` user for downloads; a sandbox maps a single uid, so that
-# switch fails (setgroups: EPERM, setresuid: EINVAL). Pass these to every apt-get call.
-APT_NO_PRIVILEGE_DROP: tuple[str, ...] = ("-o", "APT::Sandbox::User=root")
-
 
 def default_env() -> dict[str, str]:
-    return {
-        "PATH": DEFAULT_PATH,
-        "LANG": "C.UTF-8",
-        "DEBIAN_FRONTEND": "noninteractive",
-        "HOME": "/root",
-    }
+    """The environment of a command in the sandbox (a package manager's runner adds its own)."""
+    return {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
 
 
 @dataclass
 class RunSpec:
     """One command to run over `rootfs`.
 
-    `binds` are (host path, path inside, read_only). `network=True` shares the host network (apt
-    needs the mirror); False gives the sandbox its own network namespace with only loopback.
+    `binds` are (host path, path inside, read_only). `network=True` shares the host network (a package
+    manager needs the mirror); False gives the sandbox its own network namespace with only loopback.
     `timeout` (seconds) kills the whole process tree and raises `CommandTimeout`.
     """
 
@@ -124,18 +116,16 @@ def check_spec(spec: RunSpec) -> Path:
 # --- paths inside the rootfs ------------------------------------------------------------------
 
 
-def resolve_in_root(root: Path, path: str, *, max_links: int = rootpath.MAX_SYMLINKS) -> str:
-    """Resolve `path` as if `root` were `/` (chroot semantics), following symlinks that exist.
-
-    Absolute link targets restart at `root`; `..` never climbs above it. The result is an
-    absolute in-root path whose existing components are no symlinks; missing tail components
-    are kept as they are (see rootpath.resolve_lenient). This is where a mount point must go so
-    that the backend does not follow a rootfs symlink out to the host.
-    """
+def mount_point(root: Path, path: str, *, max_links: int = rootpath.MAX_SYMLINKS) -> str:
+    """Where `path` is inside `root` (fs/rootpath.py resolve_in_root, chroot semantics), as an
+    absolute in-root path whose existing components are no symlinks. This is where a mount
+    point must go so that the backend does not follow a rootfs symlink out to the host."""
     try:
-        return "/" + rootpath.resolve_lenient(rootpath.DiskTree(root), path, max_hops=max_links)
+        real = rootpath.resolve_in_root(root, path, max_hops=max_links)
     except rootpath.SymlinkLoop:
         raise SandboxError(f"too many symlinks resolving {path} in {root}") from None
+    rel = real.relative_to(root).as_posix()
+    return "/" if rel == "." else "/" + rel
 
 
 @dataclass

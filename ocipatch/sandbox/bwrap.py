@@ -26,8 +26,8 @@ from ocipatch.sandbox.base import (
     MountPoints,
     RunSpec,
     check_spec,
+    mount_point,
     oneline,
-    resolve_in_root,
     run_process,
     tail,
 )
@@ -101,17 +101,17 @@ class BwrapSandbox:
         cmd = [self.executable, *self._namespace_args(network=spec.network)]
         cmd += ["--bind", str(root), "/"]
         for kind, where in (("--proc", "/proc"), ("--dev", "/dev"), ("--tmpfs", "/tmp")):
-            inside = resolve_in_root(root, where)
+            inside = mount_point(root, where)
             mounts.note(inside)
             cmd += [kind, inside]
         if spec.network and HOST_RESOLV_CONF.exists():
-            inside = resolve_in_root(root, "/etc/resolv.conf")
+            inside = mount_point(root, "/etc/resolv.conf")
             host_target = root / inside.lstrip("/")
             if not host_target.is_dir():
                 mounts.note(inside)
                 cmd += ["--ro-bind", str(HOST_RESOLV_CONF.resolve()), inside]
         for host, where, read_only in spec.binds:
-            inside = resolve_in_root(root, where)
+            inside = mount_point(root, where)
             mounts.note(inside)
             cmd += ["--ro-bind" if read_only else "--bind", str(Path(host).resolve()), inside]
         cmd += ["--chdir", spec.cwd]

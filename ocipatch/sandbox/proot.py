@@ -25,8 +25,8 @@ from ocipatch.sandbox.base import (
     MountPoints,
     RunSpec,
     check_spec,
+    mount_point,
     oneline,
-    resolve_in_root,
     run_process,
     tail,
 )
@@ -72,13 +72,13 @@ class ProotSandbox:
         binds: list[tuple[str, str]] = [("/proc", "/proc"), *_private_dev(tmp / "dev")]
         binds.append((str(_private_dir(tmp / "tmp")), "/tmp"))
         if spec.network and HOST_RESOLV_CONF.exists():
-            inside = resolve_in_root(root, "/etc/resolv.conf")
+            inside = mount_point(root, "/etc/resolv.conf")
             if not (root / inside.lstrip("/")).is_dir():
                 binds.append((str(HOST_RESOLV_CONF.resolve()), inside))
         # proot has no read-only binds: the host path's own permissions apply.
         binds += [(str(Path(host).resolve()), where) for host, where, _ro in spec.binds]
         for host, where in binds:
-            inside = resolve_in_root(root, where)
+            inside = mount_point(root, where)
             mounts.note(inside)
             cmd += ["-b", f"{host}:{inside}"]
         cmd += ["-w", spec.cwd, *spec.argv]

@@ -17,10 +17,19 @@ from pathlib import Path
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from ocipatch.distro.deb.repos.index import PackagesIndex, ReleaseInfo, check_dates, parse_release
+from ocipatch.distro.deb.repos.signature import (
+    Keyrings,
+    dearmor,
+    verify_clearsigned,
+    verify_detached,
+)
+from ocipatch.distro.deb.repos.sources import (
+    parse_deb822_sources,
+    parse_one_line_sources,
+    read_sources,
+)
 from ocipatch.errors import OcipatchError
-from ocipatch.repos.index import PackagesIndex, ReleaseInfo, check_dates, parse_release
-from ocipatch.repos.signature import Keyrings, dearmor, verify_clearsigned, verify_detached
-from ocipatch.repos.sources import parse_deb822_sources, parse_one_line_sources, read_sources
 from tests.fuzz.budget import counted, fuzz_settings, mutated_bytes, mutated_text
 from tools.aptrepo import Signer
 

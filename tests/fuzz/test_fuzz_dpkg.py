@@ -11,12 +11,12 @@ from pathlib import Path
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from ocipatch.distro.deb.db import STATUS, STATUS_D, read_packages
+from ocipatch.distro.deb.repos.resolve import installed_from_rootfs
+from ocipatch.distro.deb.tooling import StatusD
 from ocipatch.distro.detect import OsRelease, parse_os_release, read_os_release
-from ocipatch.distro.distroless import StatusD
-from ocipatch.distro.dpkgdb import STATUS, STATUS_D, read_packages
 from ocipatch.errors import OcipatchError
 from ocipatch.oci.types import Platform
-from ocipatch.repos.resolve import installed_from_rootfs
 from tests.fuzz.budget import counted, fuzz_settings, mutated_bytes, mutated_text
 
 OS_RELEASE = [

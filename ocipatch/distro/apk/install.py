@@ -57,8 +57,10 @@ from ocipatch.distro.apk.resolve import Candidate, resolve, satisfies
 from ocipatch.distro.apk.version import compare_versions
 from ocipatch.distro.apk.writer import RootWriter, member_path
 from ocipatch.distro.base import (
+    Action,
     ApplyOutcome,
     InstalledPackage,
+    PackageChange,
     Plan,
     PlanItem,
     Requirement,
@@ -217,8 +219,8 @@ class ApkPatcher:
             state.set_scripts(apk)
             state.set_triggers(old, apk)
             runner.run(apk.name, "post-upgrade" if old else "post-install", apk.scripts, args)
-            outcome.updated.append((apk.name, old.version if old else "", apk.version))
-            outcome.debs.append(path)
+            outcome.updated.append(PackageChange(apk.name, old.version if old else "", apk.version))
+            outcome.packages.append(path)
         state.save(writer)
         runner.triggers(state, changes.dirs)
         outcome.updated.sort()
@@ -254,7 +256,10 @@ class ApkPatcher:
             if ok and got is not None and item.required is not None:
                 ok = compare_versions(got, item.required) >= 0
             if not ok:
-                item.action, item.reason = "skip", f"still at {got or 'nothing'} after installing"
+                item.action, item.reason = (
+                    Action.SKIP,
+                    f"still at {got or 'nothing'} after installing",
+                )
                 failed.append(item)
         if failed and not ignore_errors:
             raise VerifyError(

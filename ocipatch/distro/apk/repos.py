@@ -35,9 +35,8 @@ from ocipatch.distro.apk.package import (
     verify_package_signature,
 )
 from ocipatch.distro.apk.resolve import Candidate
+from ocipatch.distro.fetch import Fetcher, FetchError, check_scheme, rewrite
 from ocipatch.errors import ImageFormatError, IntegrityError, ResolveError
-from ocipatch.repos.fetch import Fetcher, FetchError
-from ocipatch.repos.sources import check_scheme, rewrite
 
 __all__ = ["ApkRepositories", "RepoConfig", "Repository", "image_arch", "image_repositories"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from ocipatch.distro.apk.records import Dependency, Record
 from ocipatch.distro.apk.version import compare_versions
-from ocipatch.distro.base import Plan, PlanItem, Requirement
+from ocipatch.distro.base import Action, Plan, PlanItem, Requirement
 from ocipatch.errors import ResolveError
 
 __all__ = ["Candidate", "Resolution", "resolve", "satisfies"]
@@ -312,7 +312,7 @@ def resolve(
             inst.version if (inst := solver.installed.get(name)) else "",
             wanted[name].minimum if name in wanted else None,
             c.version,
-            "update",
+            Action.UPDATE,
             "" if solver.reasons[name] == "required" else solver.reasons[name],
             wanted[name].vulnerabilities if name in wanted else (),
         )
@@ -323,4 +323,4 @@ def resolve(
 
 
 def _skip(req: Requirement, installed: str, why: str) -> PlanItem:
-    return PlanItem(req.name, installed, req.minimum, None, "skip", why, req.vulnerabilities)
+    return PlanItem(req.name, installed, req.minimum, None, Action.SKIP, why, req.vulnerabilities)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ocipatch.distro.apk import inroot
+from ocipatch.distro.deb.repos.signature import Keyrings, _keyring_bytes, verify_detached
+from ocipatch.distro.fetch import Fetcher, FetchError, check_scheme, rewrite
 from ocipatch.distro.rpm.db import InstalledRpms, RootDir, read_installed
 from ocipatch.distro.rpm.header import RpmFile
 from ocipatch.distro.rpm.repomd import (
@@ -39,9 +41,6 @@ from ocipatch.distro.rpm.repomd import (
 )
 from ocipatch.distro.rpm.verify import keys_of_pubkeys, verify_rpm
 from ocipatch.errors import ImageFormatError, IntegrityError, ResolveError, UnsupportedError
-from ocipatch.repos.fetch import Fetcher, FetchError
-from ocipatch.repos.signature import Keyrings, _keyring_bytes, verify_detached
-from ocipatch.repos.sources import check_scheme, rewrite
 
 __all__ = [
     "RepoDef",

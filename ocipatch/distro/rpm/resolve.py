@@ -26,7 +26,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ocipatch.distro.base import Plan, PlanItem, Requirement
+from ocipatch.distro.base import Action, Plan, PlanItem, Requirement
 from ocipatch.distro.rpm.header import Dependency, Package
 from ocipatch.distro.rpm.repos import RpmCandidate
 from ocipatch.distro.rpm.version import compare_evr, dep_matches, split_evr
@@ -468,11 +468,11 @@ def _item(
         inst.evr if inst else (solver.installed[replaced[0]].evr if replaced else ""),
         req.minimum if req else None,
         c.entry.evr,
-        "update",
+        Action.UPDATE,
         "" if reason == "required" else reason,
         req.vulnerabilities if req else (),
     )
 
 
 def _skip(req: Requirement, installed: str, why: str) -> PlanItem:
-    return PlanItem(req.name, installed, req.minimum, None, "skip", why, req.vulnerabilities)
+    return PlanItem(req.name, installed, req.minimum, None, Action.SKIP, why, req.vulnerabilities)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocipatch import runs
+from ocipatch.distro.deb.repos.signature import Keyrings, _check, _gpgv, dearmor
 from ocipatch.distro.rpm.header import DIGEST_ALGOS, HEADER_MAGIC, LEAD_SIZE, Package, read_rpm
 from ocipatch.distro.rpm.header import RpmFile as RpmFile
 from ocipatch.errors import IntegrityError
-from ocipatch.repos.signature import Keyrings, _check, _gpgv, dearmor
 
 __all__ = ["SignedParts", "keys_of_pubkeys", "signed_parts", "verify_rpm"]
 

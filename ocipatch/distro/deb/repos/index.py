@@ -16,8 +16,8 @@ from functools import cached_property
 
 from debian.deb822 import Packages, PkgRelation, Release
 
-from ocipatch.distro.dpkgdb import control_lines, relation_problem
-from ocipatch.distro.versions import is_deb_version
+from ocipatch.distro.deb.db import control_lines, relation_problem
+from ocipatch.distro.deb.rules import is_deb_version
 from ocipatch.errors import IntegrityError
 
 # Priorities apt gives a suite (apt_preferences(5)); no pinning files are read.

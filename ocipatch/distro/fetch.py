@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from ocipatch.errors import IntegrityError, ResolveError
+from ocipatch.errors import IntegrityError, ResolveError, UnsupportedError
 from ocipatch.oci.cache import BlobCache, touch
 
 USER_AGENT = "ocipatch (apt index reader)"
@@ -226,3 +226,34 @@ class RepoCache:
         p = self._state_path(url)
         with self.blobs.writer(p) as fh:
             fh.write(json.dumps({"url": url, **state}, sort_keys=True).encode())
+
+
+# --- repository URLs (every ecosystem's) ------------------------------------------------
+
+_SUPPORTED_SCHEMES = ("http://", "https://", "file:")
+
+
+def rewrite(url: str, mirrors: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
+    """Replace the longest matching mirror prefix of `url`.
+
+    A prefix matches at a path boundary only (`http://a/debian` rewrites `http://a/debian/x`
+    but not `http://a/debian-security`); trailing slashes do not matter.
+    """
+    best: tuple[str, str] | None = None
+    for src, dst in mirrors:
+        s = src.rstrip("/")
+        if (url.rstrip("/") == s or url.startswith(s + "/")) and (
+            best is None or len(s) > len(best[0])
+        ):
+            best = (s, dst.rstrip("/"))
+    if best is None:
+        return url
+    return best[1] + url[len(best[0]) :]
+
+
+def check_scheme(url: str, where: str) -> None:
+    if not url.startswith(_SUPPORTED_SCHEMES):
+        raise UnsupportedError(
+            f"{where}: repository {url} uses a transport ocipatch cannot read without apt "
+            "(only http, https and file); point it at a mirror with --repo-mirror FROM=TO"
+        )

@@ -22,10 +22,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ocipatch import space
+from ocipatch.distro.fetch import rewrite
 from ocipatch.errors import ApplyError, IntegrityError, ResolveError, UsageError
 from ocipatch.oci.cache import touch
-from ocipatch.repos.sources import rewrite
-from ocipatch.sandbox.base import APT_NO_PRIVILEGE_DROP, RunSpec, Sandbox, default_env, tail
+from ocipatch.sandbox.base import DEFAULT_PATH, RunSpec, Sandbox, tail
 
 LISTS_INSIDE = "/var/lib/apt/lists"
 ARCHIVES_INSIDE = "/var/cache/ocipatch/archives"
@@ -33,6 +33,21 @@ SOURCES_INSIDE = "/var/cache/ocipatch/sources.list.d"
 # file:// mirrors are bound read-only here (the i-th --repo-mirror at .../i): a fixed place in a
 # tree the patch layer excludes, never a host path that could shadow part of the image.
 FILE_MIRRORS_INSIDE = "/var/cache/ocipatch/mirrors"
+
+
+# apt drops privileges to the `_apt` user for downloads; a sandbox maps a single uid, so that
+# switch fails (setgroups: EPERM, setresuid: EINVAL). Pass these to every apt-get call.
+APT_NO_PRIVILEGE_DROP: tuple[str, ...] = ("-o", "APT::Sandbox::User=root")
+
+
+def apt_env() -> dict[str, str]:
+    """The environment apt and dpkg run with in the sandbox: no debconf prompt."""
+    return {
+        "PATH": DEFAULT_PATH,
+        "LANG": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "HOME": "/root",
+    }
 
 
 @dataclass
@@ -98,7 +113,7 @@ class AptRunner:
 
     def _rewrite(self, text: str) -> str:
         """Rewrite the repository URIs of a sources file (deb822 `URIs:` fields and one-line
-        `deb [opts] URI ...` entries) with the same prefix rules as ocipatch.repos."""
+        `deb [opts] URI ...` entries) with the same prefix rules as ocipatch.distro.deb.repos."""
         mirrors = self._inside_mirrors()
         out = []
         for line in text.splitlines(keepends=True):
@@ -177,7 +192,7 @@ class AptRunner:
         if self._sources_dir is not None:
             binds.append((self._sources_dir, SOURCES_INSIDE, True))
         binds += [(host, inside, True) for _, (host, inside) in sorted(self._file_mirrors.items())]
-        env = default_env()
+        env = apt_env()
         spec = RunSpec(
             self.rootfs,
             argv,
@@ -291,7 +306,7 @@ class AptRunner:
 
     def install_files(self, debs: list[Path], empty_lists: Path) -> str:
         """apt-get install of package files already in the archive directory (verified against
-        the signed indices by ocipatch.repos), over empty lists: apt orders the unpacks and
+        the signed indices by ocipatch.distro.deb.repos), over empty lists: apt orders the unpacks and
         configures and dpkg runs the maintainer scripts, but nothing is looked up in, or
         fetched from, a repository, so no `apt-get update` is needed."""
         (empty_lists / "partial").mkdir(parents=True, exist_ok=True)

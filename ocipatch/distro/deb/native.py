@@ -13,13 +13,26 @@ from urllib.parse import unquote
 
 from debian.deb822 import Deb822
 
-from ocipatch.distro.apt import AptRunner, archive_name
-from ocipatch.distro.base import ApplyOutcome, InstalledPackage, Plan, PlanItem, Requirement
-from ocipatch.distro.dpkgdb import STATUS, is_installed, iter_stanzas, package_of
-from ocipatch.distro.versions import compare_deb
+from ocipatch.distro.base import (
+    Action,
+    ApplyOutcome,
+    InstalledPackage,
+    PackageChange,
+    Plan,
+    PlanItem,
+    Requirement,
+)
+from ocipatch.distro.deb.aptrun import AptRunner, archive_name
+from ocipatch.distro.deb.db import (
+    DirView,
+    iter_stanzas,
+    package_of,
+    status_stanzas,
+)
+from ocipatch.distro.deb.repos.resolve import InstallSet
+from ocipatch.distro.deb.rules import compare_deb
 from ocipatch.errors import ApplyError, ResolveError, VerifyError
 from ocipatch.oci.cache import touch
-from ocipatch.repos.resolve import InstallSet
 
 # Never part of a patch layer: caches, logs, apt's indices, dpkg's backups, scratch space and
 # the sandbox's mount points.
@@ -62,13 +75,12 @@ def exclude(path: str) -> bool:
 
 
 def read_status(rootfs: Path) -> dict[str, InstalledPackage]:
-    path = rootfs / STATUS
+    """The installed packages of dpkg's status file in an unpacked rootfs, by name."""
     out: dict[str, InstalledPackage] = {}
-    if path.is_file():
-        for st in iter_stanzas(path.read_bytes()):
-            pkg = package_of(st)
-            if pkg and is_installed(st, default=False):
-                out[pkg.name] = pkg
+    for st in status_stanzas(DirView(rootfs)):
+        pkg = package_of(st)
+        if pkg:
+            out[pkg.name] = pkg
     return out
 
 
@@ -144,7 +156,7 @@ def verify_versions(
         if ok and got is not None and item.required is not None:
             ok = compare_deb(got, item.required) >= 0
         if not ok:
-            item.action = "skip"
+            item.action = Action.SKIP
             item.reason = f"still at {got or 'nothing'} {when}"
             failed.append(item)
     if failed and not ignore_errors:
@@ -171,7 +183,7 @@ def plan_of(
     *,
     ignore_errors: bool = False,
 ) -> Plan:
-    """The Plan for what ocipatch.repos resolved: updates (dependencies with their reason),
+    """The Plan for what ocipatch.distro.deb.repos resolved: updates (dependencies with their reason),
     skips; ResolveError when a requirement is out of the repositories' reach."""
     versions = {p.name: p.version for p in installed}
     items: list[PlanItem] = []
@@ -184,7 +196,7 @@ def plan_of(
                 it.installed or "",
                 req.minimum if req else None,
                 it.version,
-                "update",
+                Action.UPDATE,
                 "" if req else it.reason,
                 req.vulnerabilities if req else (),
             )
@@ -197,7 +209,7 @@ def plan_of(
             versions.get(name, ""),
             req.minimum if req else None,
             None,
-            "skip",
+            Action.SKIP,
             why,
             req.vulnerabilities if req else (),
         )
@@ -212,7 +224,7 @@ def plan_of(
 class DpkgPatcher:
     """plan -> apply -> verify with the image's apt.
 
-    With `planned` (the install set ocipatch.repos resolved from the signed indices, its
+    With `planned` (the install set ocipatch.distro.deb.repos resolved from the signed indices, its
     packages already verified and in apt's archive directory), apt installs those files and
     never reads a repository: no `apt-get update`, and the layer holds exactly the set the
     result cache was keyed on. Without it, or when apt's own choice could differ (pinning, a
@@ -235,7 +247,7 @@ class DpkgPatcher:
         self.notes: list[str] = []
 
     def _plain_apt(self) -> bool:
-        """No pinning and one architecture: ocipatch.repos picks what apt would pick."""
+        """No pinning and one architecture: ocipatch.distro.deb.repos picks what apt would pick."""
         etc = self.rootfs / "etc/apt"
         pins = [etc / "preferences", *sorted((etc / "preferences.d").glob("*"))]
         if any(p.is_file() and p.stat().st_size > 0 for p in pins):
@@ -299,7 +311,7 @@ class DpkgPatcher:
                         "",
                         req.minimum,
                         None,
-                        "skip",
+                        Action.SKIP,
                         "not installed in the image",
                         req.vulnerabilities,
                     )
@@ -307,17 +319,25 @@ class DpkgPatcher:
                 continue
             cand = cands.get(req.name)
             avail = cand.candidate if cand else None
-            item = PlanItem(req.name, inst, req.minimum, avail, "update", "", req.vulnerabilities)
+            item = PlanItem(
+                req.name, inst, req.minimum, avail, Action.UPDATE, "", req.vulnerabilities
+            )
             if req.minimum is not None and compare_deb(inst, req.minimum) >= 0:
                 continue  # already satisfied: the report is older than the image
             if req.name in held:
-                item.action, item.reason = "skip", "held (apt-mark hold)"
+                item.action, item.reason = Action.SKIP, "held (apt-mark hold)"
             elif avail is None:
-                item.action, item.reason = "skip", "not offered by the image's package repositories"
+                item.action, item.reason = (
+                    Action.SKIP,
+                    "not offered by the image's package repositories",
+                )
                 if req.minimum is not None:
                     too_old.append(item)
             elif req.minimum is not None and compare_deb(avail, req.minimum) < 0:
-                item.action, item.reason = "skip", f"only {avail} available, {req.minimum} required"
+                item.action, item.reason = (
+                    Action.SKIP,
+                    f"only {avail} available, {req.minimum} required",
+                )
                 too_old.append(item)
             elif compare_deb(avail, inst) <= 0:
                 continue  # nothing newer (only when updating everything)
@@ -343,12 +363,12 @@ class DpkgPatcher:
             old = before.get(name)
             new = after[name].version
             if old is None:
-                outcome.updated.append((name, "", new))
+                outcome.updated.append(PackageChange(name, "", new))
             elif old.version != new:
-                outcome.updated.append((name, old.version, new))
+                outcome.updated.append(PackageChange(name, old.version, new))
         wanted = {(n, v) for n, _, v in outcome.updated}
-        outcome.debs = [p for p in self.runner.downloaded_debs() if deb_key(p) in wanted]
-        for p in outcome.debs:
+        outcome.packages = [p for p in self.runner.downloaded_debs() if deb_key(p) in wanted]
+        for p in outcome.packages:
             touch(p)  # apt read them: their last use, for `cache prune`
         # No notes from dpkg's "==> Keeping old config file as default." lines: they do not name
         # the file. patch.py notes each kept conffile from the .dpkg-dist it finds in the diff.

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocipatch import runs
+from ocipatch.distro.deb.repos.sources import AptSource, image_path
 from ocipatch.errors import IntegrityError, UnsupportedError
-from ocipatch.repos.sources import AptSource, resolve_in_root
 
 GPGV_TIMEOUT = 60.0
 _ARMOR = re.compile(
@@ -107,7 +107,7 @@ def image_keyrings(rootfs: Path, source: AptSource) -> Keyrings:
             )
     rings = []
     for p in paths:
-        host = resolve_in_root(rootfs, p)
+        host = image_path(rootfs, p)
         if not host.is_file():
             raise IntegrityError(
                 f"{source.where}: keyring {p} (Signed-By) is not in the image: install the "
@@ -119,9 +119,9 @@ def image_keyrings(rootfs: Path, source: AptSource) -> Keyrings:
 
 def _default_keyrings(rootfs: Path) -> list[str]:
     found = []
-    if resolve_in_root(rootfs, "/etc/apt/trusted.gpg").is_file():
+    if image_path(rootfs, "/etc/apt/trusted.gpg").is_file():
         found.append("/etc/apt/trusted.gpg")
-    parts = resolve_in_root(rootfs, "/etc/apt/trusted.gpg.d")
+    parts = image_path(rootfs, "/etc/apt/trusted.gpg.d")
     if parts.is_dir():
         found += [
             f"/etc/apt/trusted.gpg.d/{n}"

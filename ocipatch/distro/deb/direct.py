@@ -1,7 +1,7 @@
 """`--sandbox none`: the dpkg adapter's patch steps without running anything from the image.
 
-ocipatch.repos resolves and downloads the packages (signed indices, verified .debs), the
-payloads are unpacked by ocipatch.distro.debinstall, and dpkg's database (status and info/) is
+ocipatch.distro.deb.repos resolves and downloads the packages (signed indices, verified .debs), the
+payloads are unpacked by ocipatch.distro.deb.debinstall, and dpkg's database (status and info/) is
 written as dpkg would write it. Maintainer scripts do not run: the output says so and names the
 packages that carry them, since their effects (a regenerated cache, a new system user) are
 missing from the result.
@@ -15,14 +15,14 @@ from pathlib import Path
 
 from debian.deb822 import Deb822
 
-from ocipatch.distro.base import InstalledPackage, Plan, PlanItem, Requirement
-from ocipatch.distro.debinstall import DebPackage, RootInstaller, read_deb
-from ocipatch.distro.debmeta import control_files
-from ocipatch.distro.dpkg import AptOutcome, plan_of, read_status, verify_versions
-from ocipatch.distro.dpkgdb import STATUS, iter_stanzas
+from ocipatch.distro.base import InstalledPackage, PackageChange, Plan, PlanItem, Requirement
+from ocipatch.distro.deb.db import STATUS, DirView, status_stanzas
+from ocipatch.distro.deb.debinstall import DebPackage, RootInstaller, read_deb
+from ocipatch.distro.deb.debmeta import control_files
+from ocipatch.distro.deb.native import AptOutcome, plan_of, read_status, verify_versions
+from ocipatch.distro.deb.repos.archive import AptRepositories
+from ocipatch.distro.deb.repos.resolve import InstallItem, InstallSet
 from ocipatch.fs.unpack import Owner, OwnershipMap
-from ocipatch.repos.apt import AptRepositories
-from ocipatch.repos.resolve import InstallItem, InstallSet
 
 INFO = "var/lib/dpkg/info"
 _SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
@@ -99,9 +99,9 @@ class DpkgDirectPatcher:
             stanzas[pkg.name] = _status_stanza(pkg, done.conffile_md5)
             self._write_info(installer, pkg, done.deb_paths)
             outcome.updated.append(
-                (pkg.name, old["Version"] if old is not None else "", pkg.version)
+                PackageChange(pkg.name, old["Version"] if old is not None else "", pkg.version)
             )
-            outcome.debs.append(it.path)
+            outcome.packages.append(it.path)
             if pkg.scripts:
                 with_scripts.append(f"{pkg.name} ({', '.join(pkg.scripts)})")
         self._write_status(installer, stanzas)
@@ -122,12 +122,10 @@ class DpkgDirectPatcher:
 
     # -- dpkg's database ------------------------------------------------------------------
     def _status(self) -> dict[str, Deb822]:
-        path = self.rootfs / STATUS
         out: dict[str, Deb822] = {}
-        if path.is_file():
-            for st in iter_stanzas(path.read_bytes()):
-                if st.get("Package"):
-                    out[st["Package"]] = st
+        for st in status_stanzas(DirView(self.rootfs), installed_only=False):
+            if st.get("Package"):
+                out[st["Package"]] = st
         return out
 
     def _write_status(self, installer: RootInstaller, stanzas: dict[str, Deb822]) -> None:

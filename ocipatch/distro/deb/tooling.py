@@ -8,7 +8,7 @@ bound host directories). apt sees the target only through a status file synthesi
 status.d, for the target's architecture (`APT::Architecture`), so it resolves and downloads the
 updates of any architecture without emulation; the target rootfs is never mounted into the
 sandbox, so nothing of the tooling can reach it. The packages are then installed by copying
-their files (ocipatch.distro.debinstall) and status.d is rewritten the distroless way.
+their files (ocipatch.distro.deb.debinstall) and status.d is rewritten the distroless way.
 Maintainer scripts cannot run (the image has no shell): the result notes say so.
 
 Distroless images rarely hold the whole dependency closure (tzdata without debconf, libc6
@@ -30,19 +30,17 @@ from debian.deb822 import Deb822, PkgRelation
 
 from ocipatch import runs
 from ocipatch.context import Context
-from ocipatch.distro.apt import (
+from ocipatch.distro.base import InstalledPackage, PackageChange, Plan, PlanItem
+from ocipatch.distro.deb.aptrun import (
     ARCHIVES_INSIDE,
     LISTS_INSIDE,
     SOURCES_INSIDE,
     AptConfig,
     AptRunner,
     _last_error,
+    apt_env,
 )
-from ocipatch.distro.base import InstalledPackage, Plan, PlanItem
-from ocipatch.distro.debinstall import DebPackage, Installed, RootInstaller, md5sums_paths, read_deb
-from ocipatch.distro.detect import OsRelease
-from ocipatch.distro.dpkg import AptOutcome, DpkgPatcher, verify_versions
-from ocipatch.distro.dpkgdb import (
+from ocipatch.distro.deb.db import (
     STATUS_D,
     control_lines,
     damaged,
@@ -50,7 +48,16 @@ from ocipatch.distro.dpkgdb import (
     package_of,
     relation_problem,
 )
-from ocipatch.distro.versions import compare_deb
+from ocipatch.distro.deb.debinstall import (
+    DebPackage,
+    Installed,
+    RootInstaller,
+    md5sums_paths,
+    read_deb,
+)
+from ocipatch.distro.deb.native import AptOutcome, DpkgPatcher, verify_versions
+from ocipatch.distro.deb.rules import compare_deb
+from ocipatch.distro.detect import OsRelease
 from ocipatch.errors import (
     ApplyError,
     IntegrityError,
@@ -65,7 +72,7 @@ from ocipatch.oci.reference import parse_reference
 from ocipatch.oci.transport import open_image
 from ocipatch.oci.types import Platform
 from ocipatch.progress import Progress
-from ocipatch.sandbox.base import RunSpec, Sandbox, default_env, resolve_in_root
+from ocipatch.sandbox.base import RunSpec, Sandbox, mount_point
 
 STATE_INSIDE = "/var/cache/ocipatch/state"
 STUB_VERSION = "99999:0"  # above any archive version: apt never wants to "upgrade" a stub
@@ -123,7 +130,7 @@ def tooling_rootfs(ctx: Context, ref_text: str, given: bool, progress: Progress)
     try:
         prefetch(image.layers)
         unpack(image.layers, tmp)
-        if not os.path.exists(tmp / resolve_in_root(tmp, "/usr/bin/apt-get").lstrip("/")):
+        if not os.path.exists(tmp / mount_point(tmp, "/usr/bin/apt-get").lstrip("/")):
             raise UnsupportedError(
                 f"the tooling image {ref_text} has no apt-get: pass --tooling-image with an "
                 "image that has apt and dpkg"
@@ -131,8 +138,8 @@ def tooling_rootfs(ctx: Context, ref_text: str, given: bool, progress: Progress)
         # The sandbox's mount points exist beforehand, so runs never create or remove
         # anything in this shared tree.
         for inside in (ARCHIVES_INSIDE, SOURCES_INSIDE, STATE_INSIDE, LISTS_INSIDE):
-            (tmp / resolve_in_root(tmp, inside).lstrip("/")).mkdir(parents=True, exist_ok=True)
-        resolv = tmp / resolve_in_root(tmp, "/etc/resolv.conf").lstrip("/")
+            (tmp / mount_point(tmp, inside).lstrip("/")).mkdir(parents=True, exist_ok=True)
+        resolv = tmp / mount_point(tmp, "/etc/resolv.conf").lstrip("/")
         if not os.path.lexists(resolv):
             resolv.parent.mkdir(parents=True, exist_ok=True)
             resolv.touch()
@@ -185,7 +192,7 @@ class StatusD:
     def __init__(self, rootfs: Path) -> None:
         self.rootfs = rootfs
         # Resolved as in a chroot: an image's symlink must not make us read host files.
-        self.dir = rootfs / resolve_in_root(rootfs, "/" + STATUS_D).lstrip("/")
+        self.dir = rootfs / mount_point(rootfs, "/" + STATUS_D).lstrip("/")
         self.files: dict[str, list[Stanza]] = {}
         self.md5sums: dict[str, bytes] = {}  # file name -> md5sums content
         for p in sorted(self.dir.iterdir()) if self.dir.is_dir() else []:
@@ -406,7 +413,7 @@ class ToolingAptRunner(AptRunner):
         spec = RunSpec(
             self.rootfs,
             argv,
-            env=default_env(),
+            env=apt_env(),
             binds=binds,
             network=self.config.network,
             cwd=cwd,
@@ -483,7 +490,7 @@ class DistrolessPatcher(DpkgPatcher):
                 )
             debs.append(deb)
         outcome.updated, outcome.notes = install_packages(self.rootfs, self.ownership, debs)
-        outcome.debs = [d.path for d in debs]
+        outcome.packages = [d.path for d in debs]
         return outcome
 
     def verify(self, plan: Plan, *, ignore_errors: bool = False) -> list[PlanItem]:
@@ -493,7 +500,7 @@ class DistrolessPatcher(DpkgPatcher):
 
 def install_packages(
     rootfs: Path, ownership: OwnershipMap, debs: list[DebPackage]
-) -> tuple[list[tuple[str, str, str]], list[str]]:
+) -> tuple[list[PackageChange], list[str]]:
     """Copy the packages' files in and rewrite status.d; returns (updated, notes)."""
     status = StatusD(rootfs)
     before = status.installed()
@@ -520,7 +527,9 @@ def install_packages(
     for deb in debs:
         old = before.get(deb.name)
         _write_status(inst, status, deb, old, done[deb.name])
-        updated.append((deb.name, old.package.version if old and old.package else "", deb.version))
+        updated.append(
+            PackageChange(deb.name, old.package.version if old and old.package else "", deb.version)
+        )
     return sorted(updated), _notes(debs, before)
 
 

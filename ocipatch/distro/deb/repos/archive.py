@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from ocipatch.distro.base import Requirement
-from ocipatch.distro.debmeta import control_files
-from ocipatch.errors import IntegrityError, ResolveError
-from ocipatch.repos.fetch import Fetcher, FetchError, RepoCache
-from ocipatch.repos.index import IndexFile, PackagesIndex, ReleaseInfo, check_dates, parse_release
-from ocipatch.repos.resolve import (
+from ocipatch.distro.deb.debmeta import control_files
+from ocipatch.distro.deb.repos.index import (
+    IndexFile,
+    PackagesIndex,
+    ReleaseInfo,
+    check_dates,
+    parse_release,
+)
+from ocipatch.distro.deb.repos.resolve import (
     Installed,
     InstallItem,
     InstallSet,
@@ -39,13 +43,15 @@ from ocipatch.repos.resolve import (
     native_arch,
     resolve,
 )
-from ocipatch.repos.signature import (
+from ocipatch.distro.deb.repos.signature import (
     Keyrings,
     image_keyrings,
     verify_clearsigned,
     verify_detached,
 )
-from ocipatch.repos.sources import AptSource, check_scheme, read_sources, rewrite
+from ocipatch.distro.deb.repos.sources import AptSource, read_sources
+from ocipatch.distro.fetch import Fetcher, FetchError, RepoCache, check_scheme, rewrite
+from ocipatch.errors import IntegrityError, ResolveError
 
 MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
 DOWNLOAD_WORKERS = 4

@@ -2,7 +2,8 @@
 
 Only what apt itself would use is returned by `read_sources`: `deb` entries (not `deb-src`),
 enabled, in apt's reading order (sources.list, then sources.list.d/ by name). Files are read
-through `resolve_in_root`, so a symlink in the image can never make us read a host file.
+through `image_path` (fs/rootpath.py resolve_in_root), so a symlink in the image can never
+make us read a host file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from ocipatch.errors import UnsupportedError
 from ocipatch.fs import rootpath
 
 INLINE_KEY_MARK = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
-_SUPPORTED_SCHEMES = ("http://", "https://", "file:")
 # apt ignores files in sources.list.d whose names hold anything else.
 _PART_NAME = re.compile(r"^[A-Za-z0-9_.\-]+\.(list|sources)$")
 
@@ -156,12 +156,11 @@ def parse_one_line_sources(text: str, where: str = "") -> list[AptSource]:
     return out
 
 
-def resolve_in_root(root: Path, path: str) -> Path:
-    """`path` as the image sees it, mapped under `root`: every symlink on the way (absolute or
-    relative, `..` included) is resolved inside the root, never on the host; what does not exist
-    is kept as named (see rootpath.resolve_lenient)."""
+def image_path(root: Path, path: str) -> Path:
+    """`path` as the image sees it, mapped under `root` (fs/rootpath.py resolve_in_root); a
+    symlink loop is the image's fault."""
     try:
-        return root.joinpath(rootpath.resolve_lenient(rootpath.DiskTree(root), path))
+        return rootpath.resolve_in_root(root, path)
     except rootpath.SymlinkLoop:
         raise UnsupportedError(
             f"too many levels of symbolic links in {path} in the image"
@@ -171,14 +170,14 @@ def resolve_in_root(root: Path, path: str) -> Path:
 def read_sources(rootfs: Path) -> list[AptSource]:
     """The enabled `deb` sources of the image, in apt's order."""
     files: list[tuple[Path, str]] = []
-    main = resolve_in_root(rootfs, "/etc/apt/sources.list")
+    main = image_path(rootfs, "/etc/apt/sources.list")
     if main.is_file():
         files.append((main, "/etc/apt/sources.list"))
-    parts = resolve_in_root(rootfs, "/etc/apt/sources.list.d")
+    parts = image_path(rootfs, "/etc/apt/sources.list.d")
     if parts.is_dir():
         for name in sorted(os.listdir(parts)):
             if _PART_NAME.match(name):
-                p = resolve_in_root(rootfs, f"/etc/apt/sources.list.d/{name}")
+                p = image_path(rootfs, f"/etc/apt/sources.list.d/{name}")
                 if p.is_file():
                     files.append((p, f"/etc/apt/sources.list.d/{name}"))
     out: list[AptSource] = []
@@ -191,29 +190,3 @@ def read_sources(rootfs: Path) -> list[AptSource]:
         )
         out += [s for s in parsed if s.enabled and "deb" in s.types and s.uris and s.suites]
     return out
-
-
-def rewrite(url: str, mirrors: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
-    """Replace the longest matching mirror prefix of `url`.
-
-    A prefix matches at a path boundary only (`http://a/debian` rewrites `http://a/debian/x`
-    but not `http://a/debian-security`); trailing slashes do not matter.
-    """
-    best: tuple[str, str] | None = None
-    for src, dst in mirrors:
-        s = src.rstrip("/")
-        if (url.rstrip("/") == s or url.startswith(s + "/")) and (
-            best is None or len(s) > len(best[0])
-        ):
-            best = (s, dst.rstrip("/"))
-    if best is None:
-        return url
-    return best[1] + url[len(best[0]) :]
-
-
-def check_scheme(url: str, where: str) -> None:
-    if not url.startswith(_SUPPORTED_SCHEMES):
-        raise UnsupportedError(
-            f"{where}: repository {url} uses a transport ocipatch cannot read without apt "
-            "(only http, https and file); point it at a mirror with --repo-mirror FROM=TO"
-        )

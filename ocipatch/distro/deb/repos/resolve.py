@@ -17,7 +17,7 @@ are upgraded to their candidate, or resolution fails naming them. Recommends are
 
 from __future__ import annotations
 
-import os
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cmp_to_key
@@ -26,17 +26,14 @@ from pathlib import Path
 from debian.deb822 import Deb822
 
 from ocipatch.distro.base import InstalledPackage, Requirement
-from ocipatch.distro.dpkgdb import (
-    STATUS,
-    STATUS_D,
+from ocipatch.distro.deb.db import (
+    DirView,
     check_version,
     damaged,
-    is_installed,
-    iter_stanzas,
+    status_d_stanzas,
+    status_stanzas,
 )
-from ocipatch.distro.versions import compare_deb
-from ocipatch.errors import ResolveError
-from ocipatch.repos.index import (
+from ocipatch.distro.deb.repos.index import (
     PRIORITY_INSTALLED,
     Group,
     PackageRecord,
@@ -47,7 +44,8 @@ from ocipatch.repos.index import (
     parse_relations,
     source_of,
 )
-from ocipatch.repos.sources import resolve_in_root
+from ocipatch.distro.deb.rules import compare_deb
+from ocipatch.errors import ResolveError
 
 # apt-get install upgrades the other installed binaries of a named package's source with it
 # (APT::Get::Upgrade-By-Source-Package, default on) since apt 2.6 (Debian 12, Ubuntu 23.04).
@@ -80,21 +78,10 @@ class Installed:
 def installed_from_rootfs(rootfs: Path) -> dict[str, Installed]:
     """Installed packages from /var/lib/dpkg/status (and distroless status.d/*)."""
     found: dict[tuple[str, str], Installed] = {}
-    blobs: list[tuple[bytes, bool]] = []
-    status = resolve_in_root(rootfs, STATUS)
-    if status.is_file():
-        blobs.append((status.read_bytes(), False))
-    status_d = resolve_in_root(rootfs, STATUS_D)
-    if status_d.is_dir():
-        for n in sorted(os.listdir(status_d)):
-            p = status_d / n
-            if not n.endswith(".md5sums") and p.is_file() and not p.is_symlink():
-                blobs.append((p.read_bytes(), True))
-    for data, default in blobs:
-        for st in iter_stanzas(data):
-            name, version = st.get("Package", "").strip(), st.get("Version", "").strip()
-            if not name or not version or not is_installed(st, default=default):
-                continue
+    view = DirView(rootfs)
+    for st in itertools.chain(status_stanzas(view), status_d_stanzas(view)):
+        name, version = st.get("Package", "").strip(), st.get("Version", "").strip()
+        if name and version:
             check_version(name, version)
             arch = st.get("Architecture", "").strip()
             found.setdefault((name, arch), _installed(st, name, version, arch))

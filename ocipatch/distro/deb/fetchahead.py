@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ocipatch import runs
-from ocipatch.distro.apt import archive_name
-from ocipatch.distro.debmeta import DebMetaMemo
-from ocipatch.repos.apt import AptRepositories
-from ocipatch.repos.resolve import InstallItem, InstallSet
+from ocipatch.distro.deb.aptrun import archive_name
+from ocipatch.distro.deb.debmeta import DebMetaMemo
+from ocipatch.distro.deb.repos.archive import AptRepositories
+from ocipatch.distro.deb.repos.resolve import InstallItem, InstallSet
 
 
 class FetchAhead:

@@ -1,0 +1,1 @@
+"""apt repositories: sources, signed Release/Packages indices, resolution, the download cache."""

@@ -1,1 +1,0 @@
-"""Package repositories: signed index readers and the package download cache."""
