@@ -1,4 +1,4 @@
-"""The package managers ocipatch detects but does not patch yet (apk, rpm): each says so in
+"""The package managers ocipatch detects but does not patch yet (rpm): each says so in
 one line, and answers the rest of the PackageManager protocol (distro/base.py) with its
 ecosystem's rules, so the contract tests hold for it already. A real adapter replaces its
 class in the table (distro/registry.py ADAPTERS) when its patcher lands."""
@@ -79,14 +79,6 @@ class _NotYet:
     def purl(self, osr: OsRelease | None, name: str, version: str, arch: str) -> str:
         distro_id, distro_version = (osr.id, osr.version_id) if osr else (self.name, None)
         return package_purl(self.ecosystem, distro_id, name, version, arch, distro_version)
-
-
-class Apk(_NotYet):
-    name = "apk"
-    ecosystem = "apk"
-    # apk-tools writes lib/apk/db; apko (Wolfi, Chainguard) writes usr/lib/apk/db.
-    paths = ("lib/apk/db/installed", "usr/lib/apk/db/installed")
-    caches = ("var/cache/apk", "etc/apk/cache")
 
 
 class Rpm(_NotYet):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ocipatch.distro.adapters import Apk, Rpm
+from ocipatch.distro.adapters import Rpm
+from ocipatch.distro.apk.adapter import Apk
 from ocipatch.distro.base import PackageManager
 from ocipatch.distro.deb.adapter import Dpkg
 from ocipatch.distro.detect import FileView
