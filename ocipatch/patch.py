@@ -548,7 +548,7 @@ def _publish(run: _Run, plan: Plan, layer: LayerInfo) -> PatchResult:
         try:
             run.key = run.planning.result()
         except Exception as e:  # the cache is an optimisation: never fail a done patch
-            log.debug("result cache key not computed: %s", e)
+            log.log(logging.DEBUG, "result cache key not computed: %s", e)
     if run.key is not None and run.results is not None:
         cached = CachedResult(layer.digest, layer.size, layer.diff_id, _meta(result, plan))
         run.results.put(run.key, cached)

@@ -298,8 +298,9 @@ def run_process(
         t0 = time.monotonic()
         try:
             rc = proc.wait(timeout=spec.timeout)
-            _log.debug(
-                "%s: %s: exit %d in %.2f s", backend, _short(spec.argv), rc, time.monotonic() - t0
+            took = time.monotonic() - t0
+            _log.log(
+                logging.DEBUG, "%s: %s: exit %d in %.2f s", backend, _short(spec.argv), rc, took
             )
         except subprocess.TimeoutExpired:
             kill_tree(proc.pid)
