@@ -50,6 +50,7 @@ from ocipatch.fs.changes import Change, Snapshot, diff
 from ocipatch.fs.layertime import LayerClock
 from ocipatch.fs.layerwriter import PACKAGE_DATED_SINCE, WRITER_FORMAT, LayerInfo, write_layer
 from ocipatch.fs.merged import MergedView
+from ocipatch.logs import trace
 from ocipatch.oci import mediatypes as mt
 from ocipatch.oci.convert import for_destination
 from ocipatch.oci.image import Image
@@ -548,7 +549,7 @@ def _publish(run: _Run, plan: Plan, layer: LayerInfo) -> PatchResult:
         try:
             run.key = run.planning.result()
         except Exception as e:  # the cache is an optimisation: never fail a done patch
-            log.log(logging.DEBUG, "result cache key not computed: %s", e)
+            trace(log, "result cache key not computed: %s", e)
     if run.key is not None and run.results is not None:
         cached = CachedResult(layer.digest, layer.size, layer.diff_id, _meta(result, plan))
         run.results.put(run.key, cached)

@@ -23,6 +23,7 @@ from typing import IO, Protocol, runtime_checkable
 
 from ocipatch.errors import ApplyError, SandboxError
 from ocipatch.fs import rootpath
+from ocipatch.logs import trace
 
 _log = logging.getLogger(__name__)
 
@@ -299,9 +300,7 @@ def run_process(
         try:
             rc = proc.wait(timeout=spec.timeout)
             took = time.monotonic() - t0
-            _log.log(
-                logging.DEBUG, "%s: %s: exit %d in %.2f s", backend, _short(spec.argv), rc, took
-            )
+            trace(_log, "%s: %s: exit %d in %.2f s", backend, _short(spec.argv), rc, took)
         except subprocess.TimeoutExpired:
             kill_tree(proc.pid)
             proc.wait()
