@@ -119,7 +119,9 @@ def test_reports_of_other_distributions_are_a_mismatch(
     assert len(error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
 
 
-def test_apk_image_not_supported_yet(tmp_path: Path) -> None:
+def test_apk_image_without_repositories(tmp_path: Path) -> None:
+    """An apk image is patched by ocipatch's own installer; with no repository to patch from
+    it says where to add one (the resolve code)."""
     layers = [
         [
             synth.d("etc"),
@@ -132,7 +134,8 @@ def test_apk_image_not_supported_yet(tmp_path: Path) -> None:
     ]
     built = synth.write_layout(tmp_path / "alpine", layers, tag="3")
     r = run("patch", "-i", f"oci:{built.layout}:3", "--cache-dir", str(tmp_path / "c"))
-    assert r.returncode == 9 and "apk images are not supported yet" in r.stderr
+    assert r.returncode == 11 and "/etc/apk/repositories" in r.stderr, r.stderr
+    assert len(error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ build everything refers to the same key.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import hashlib
 import os
@@ -86,6 +87,9 @@ class GpgKey:
               "--quick-generate-key", uid, "rsa2048", "sign", "never"])  # fmt: skip
         out = _run(["gpg", "--homedir", str(home), "--with-colons", "--list-keys", uid]).stdout
         fpr = next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
+        # gpg leaves an agent running for the home: stop it when this process ends.
+        atexit.register(subprocess.run, ["gpgconf", "--homedir", str(home), "--kill", "all"],
+                        capture_output=True, check=False)  # fmt: skip
         return cls(home, uid, fpr, name)
 
     @property
