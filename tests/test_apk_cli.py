@@ -14,8 +14,11 @@ import base64
 import hashlib
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from tools.aptrepo import RepoServer
 from tools.build_apk_image import ApkImage
 
 MakeImage = Callable[..., ApkImage]
+OCIPATCH = Path(sys.executable).parent / "ocipatch"
 
 
 def ocipatch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -155,3 +159,33 @@ def test_inspect_lists_what_trivy_lists(apk_image: MakeImage, tmp_path: Path) ->
         assert info["package_manager"] == "apk"
         listed = {p["name"]: p["version"] for p in info["packages"]}
         assert listed == trivy_packages(img.layout, tmp_path / kind, purl_type="apk")
+
+
+def test_unprivileged_run_gives_the_same_image(
+    apk_image: MakeImage, apk_repo_server: RepoServer, tmp_path: Path, request: Any
+) -> None:
+    """As nobody: the layer carries the packages' owners, byte-identical to a root run's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to nobody")
+    img = apk_image("alpine")
+    root = patch(img, apk_repo_server, tmp_path / "out")
+    # pytest's own directories are root's only: nobody works under a directory of its own.
+    work = Path(tempfile.mkdtemp(prefix="ocipatch-apk-nobody-"))
+    request.addfinalizer(lambda: shutil.rmtree(work, ignore_errors=True))
+    layout = work / "layout"
+    subprocess.run(["cp", "-a", str(img.layout), str(layout)], check=True)
+    report = work / "report.json"
+    shutil.copyfile(img.report, report)
+    subprocess.run(["chmod", "-R", "a+rwX", str(work)], check=True)
+    nobody = pwd.getpwnam("nobody")
+    r = subprocess.run(
+        [
+            "setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+            str(OCIPATCH), "patch", "-i", f"oci:{layout}:{img.tag}", "-r", str(report),
+            "-t", f"oci:{work / 'out'}:patched", "--repo-mirror", img.mirror_arg(apk_repo_server.url),
+            "--cache-dir", str(work / "cache"), "--json",
+        ],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HOME": str(work)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["image"]["digest"] == root["image"]["digest"]
