@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ocipatch.distro.adapters import Rpm
+from ocipatch.distro.rpm.adapter import Rpm
 from ocipatch.distro.apk.adapter import Apk
 from ocipatch.distro.base import PackageManager
 from ocipatch.distro.deb.adapter import Dpkg

@@ -1,0 +1,141 @@
+"""`ocipatch patch` on rpm images, end to end through the command line: the Rocky, Fedora,
+ubi-micro, Azure Linux (rpmmanifest only), SLES and CentOS 7 (BerkeleyDB) fixtures
+(tools/build_rpm_image.py) with their signed repository served on loopback.
+
+What a user checks: trivy lists every fixed version (epoch included) in the written image; the
+original layers are kept and exactly one patch layer is added; the real `rpm --root` on the
+unpacked result lists the new versions and `rpm -V` passes for them; a tampered package is
+exit 7 with nothing written; a BerkeleyDB rpmdb is exit 9 in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.plugins.images import skopeo, trivy_packages, umoci_unpack
+from tools.aptrepo import RepoServer
+from tools.build_rpm_image import RpmImage
+from tools.rpmrepo import flip_file_byte
+
+MakeImage = Callable[..., RpmImage]
+
+
+def ocipatch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ocipatch", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def patch_args(img: RpmImage, server: RepoServer, out: Path, *extra: str) -> list[str]:
+    return [
+        "patch", "-i", f"oci:{img.layout}:{img.tag}", "-r", str(img.report),
+        "-t", f"oci:{out}:patched", "--repo-mirror", img.mirror_arg(server.url),
+        "--cache-dir", str(out.parent / "cache"), "--json", *extra,
+    ]  # fmt: skip
+
+
+def patch(img: RpmImage, server: RepoServer, out: Path, *extra: str) -> dict[str, Any]:
+    r = ocipatch(*patch_args(img, server, out, *extra))
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+def rpm_q(root: Path, db_path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    dbpath = "/" + str(Path(db_path).parent)
+    return subprocess.run(
+        ["rpm", "--root", str(root), "--dbpath", dbpath, *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def replacement(name: str) -> str:
+    """The package that obsoletes `name` in the fixtures' repository (libcurl-minimal)."""
+    return name.removesuffix("-minimal")
+
+
+def check_written(img: RpmImage, out: Path, work: Path) -> Path:
+    before = json.loads(skopeo("inspect", f"oci:{img.layout}:{img.tag}"))["Layers"]
+    after = json.loads(skopeo("inspect", f"oci:{out}:patched"))["Layers"]
+    assert after[:-1] == before and len(after) == len(before) + 1
+    seen = trivy_packages(out, work, purl_type="rpm")
+    for name, version in img.fixed.items():
+        got = seen.get(name) or seen.get(replacement(name))
+        assert got == version, (name, got)
+    return umoci_unpack(out, "patched", work / "bundle")
+
+
+@pytest.mark.skipif(shutil.which("rpm") is None, reason="needs the real rpm")
+@pytest.mark.parametrize("kind", ["rocky", "fedora", "ubi-micro", "sles", "rocky-multilayer"])
+def test_patch_sqlite_rpmdb(
+    kind: str, rpm_image: MakeImage, rpm_repo_server: RepoServer, tmp_path: Path
+) -> None:
+    img = rpm_image(kind)
+    out = patch(img, rpm_repo_server, tmp_path / "out")
+    assert out["status"] == "patched"
+    updated = {u["name"]: u["to"] for u in out["updated"]}
+    root = check_written(img, tmp_path / "out", tmp_path)
+    qa = rpm_q(root, img.db_path, "-qa", "--qf", "%{NAME} %{EPOCH}:%{VERSION}-%{RELEASE}\n")
+    assert qa.returncode == 0, qa.stderr
+    listed = {}
+    for line in qa.stdout.splitlines():
+        name, evr = line.split(" ", 1)
+        listed[name] = evr.removeprefix("(none):")
+    for name, version in img.fixed.items():
+        got = listed.get(name) or listed.get(replacement(name))
+        assert got == version, (name, got, listed)
+    for name in updated:
+        v = rpm_q(root, img.db_path, "-V", "--nodeps", "--nouser", "--nogroup", name)
+        assert v.returncode == 0, (name, v.stdout, v.stderr)
+    # Patching the patched image with the same report: nothing left to do.
+    again = ocipatch(
+        "patch", "-i", f"oci:{tmp_path / 'out'}:patched", "-r", str(img.report), "-t", "again",
+        "--repo-mirror", img.mirror_arg(rpm_repo_server.url),
+        "--cache-dir", str(tmp_path / "cache"), "--json",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["status"] == "up-to-date"
+
+
+def test_patch_rpmmanifest_only(
+    rpm_image: MakeImage, rpm_repo_server: RepoServer, tmp_path: Path
+) -> None:
+    img = rpm_image("azurelinux")
+    out = patch(img, rpm_repo_server, tmp_path / "out")
+    assert out["status"] == "patched"
+    root = check_written(img, tmp_path / "out", tmp_path)
+    lines = (root / img.db_path).read_text().splitlines()
+    assert all(len(line.split("\t")) == 10 for line in lines)
+    one = (root / "var/lib/rpmmanifest/container-manifest-1").read_text().splitlines()
+    assert len(one) == len(lines)
+
+
+def test_tampered_package_writes_nothing(
+    rpm_image: MakeImage, rpm_repo_server: RepoServer, tmp_path: Path
+) -> None:
+    img = rpm_image("rocky")
+    for pkg in rpm_repo_server.root.rglob("openssl-libs-*-25.*.rpm"):
+        flip_file_byte(pkg)
+    r = ocipatch(*patch_args(img, rpm_repo_server, tmp_path / "out"))
+    assert r.returncode == 7, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("ocipatch: error: ")
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_berkeleydb_is_refused(
+    rpm_image: MakeImage, rpm_repo_server: RepoServer, tmp_path: Path
+) -> None:
+    img = rpm_image("centos7")
+    r = ocipatch(*patch_args(img, rpm_repo_server, tmp_path / "out"))
+    assert r.returncode == 9, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BerkeleyDB rpmdb" in lines[0], r.stderr
+    assert not (tmp_path / "out" / "index.json").exists()
