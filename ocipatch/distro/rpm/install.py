@@ -196,6 +196,7 @@ class RpmPatcher:
         self.replaces: dict[Key, list[Key]] = {}
         self.notes: list[str] = []
         self._repos: RpmRepositories | None = None
+        self._candidates: list[RpmCandidate] = []
 
     def _installed(self) -> InstalledRpms:
         got = read_installed(RootDir(self.rootfs))
@@ -216,7 +217,8 @@ class RpmPatcher:
             self.rootfs, self.config.cache_dir, self.config.arch,
             mirrors=list(self.config.mirrors), insecure=self.config.insecure, installed=db,
         )  # fmt: skip
-        res = resolve(db.packages, self._repos.update(), requirements, ignore_errors=ignore_errors)
+        self._candidates = self._repos.update()
+        res = resolve(db.packages, self._candidates, requirements, ignore_errors=ignore_errors)
         self.chosen, self.replaces, self.notes = res.chosen, res.replaces, res.notes
         return res.plan
 
@@ -228,6 +230,7 @@ class RpmPatcher:
         for key, cand in sorted(self.chosen.items()):
             path, rpm = self._repos.download(cand)
             olds = [by_key[k] for k in [key, *self.replaces.get(key, [])] if k in by_key]
+            olds = [self._with_header(o) for o in olds]
             fetched.append(_Fetched(cand, path, rpm, path.read_bytes(), olds))
         # Payloads decompressed (and so checked) before the first write, too.
         payloads = [payload(f.rpm, f.data, str(f.path)) for f in fetched]
@@ -266,6 +269,29 @@ class RpmPatcher:
         outcome.notes = self._repos.notes + self.notes + outcome.notes
         outcome.updated.sort()
         return outcome
+
+    def _with_header(self, old: Package) -> Package:
+        """An rpmmanifest's package has no file list: take it from the repository's copy of
+        the same NEVRA (verified like any download); else the old files cannot be removed."""
+        if old.header is not None or self._repos is None:
+            return old
+        for c in self._candidates:
+            e = c.entry
+            if (e.name, e.version, e.release, e.arch) == (
+                old.name,
+                old.version,
+                old.release,
+                old.arch,
+            ):
+                _, rpm = self._repos.download(c)
+                pkg = rpm.package
+                pkg.record = old.record
+                return pkg
+        self.notes.append(
+            f"{old.nevra}: the image records no file list (rpmmanifest only) and the repositories "
+            "no longer offer it: files it had that the new version lacks are left in place"
+        )
+        return old
 
     def verify(self, plan: Plan, *, ignore_errors: bool = False) -> list[PlanItem]:
         after: dict[str, list[str]] = {}
@@ -343,7 +369,7 @@ class _Files:
         self, pkg: Package, members: dict[str, CpioEntry], olds: list[Package]
     ) -> tuple[list[int], list[tuple[str, str]]]:
         """Write the package's files; (FILESTATES, [(kept path, suffix)])."""
-        old_files = {f.path: f for o in olds for f in o.files()}
+        old_files = {f.path: f for o in olds if o.header is not None for f in o.files()}
         files = pkg.files()
         links: dict[int, str] = {}  # cpio inode -> first path written
         kept: list[tuple[str, str]] = []
@@ -419,7 +445,10 @@ class _Files:
         return ".rpmnew" if f.flags & FILE_NOREPLACE else ".rpmsave"
 
     def _remove(self, olds: list[Package], keep: set[str]) -> None:
-        gone = sorted({f.path for o in olds for f in o.files()} - keep, key=lambda p: -p.count("/"))
+        gone = sorted(
+            {f.path for o in olds if o.header is not None for f in o.files()} - keep,
+            key=lambda p: -p.count("/"),
+        )
         for path in gone:
             real = self.w.real_path(path.lstrip("/"))
             if real is None:
