@@ -540,7 +540,8 @@ def _raw(data: bytes, e: object) -> bytes:
 
 
 def index_rows(h: Package) -> list[tuple[str, bytes | str, int]]:
-    """(table, key, idx) rows rpm keeps for a header (duplicates within a header once)."""
+    """(table, key, idx) rows rpm keeps for a header: a name repeated within a header once,
+    except basenames and dirnames (one row per file list position)."""
     hdr = h.header
     assert hdr is not None
     rows: list[tuple[str, bytes | str, int]] = []
@@ -564,7 +565,7 @@ def index_rows(h: Package) -> list[tuple[str, bytes | str, int]]:
         for i, v in enumerate(values):
             if tag == 1049 and i < len(req_flags) and req_flags[i] & _INSTALL_ONLY:
                 continue
-            if v in seen:
+            if v in seen and tag not in (1117, 1118):  # file names are indexed every time
                 continue
             seen.add(v)
             rows.append((table, v, i))
