@@ -205,3 +205,15 @@ def test_berkeleydb_is_refused(
     assert last.startswith("ocipatch: error: BerkeleyDB rpmdb"), r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_scriptlets_run_in_the_sandbox_or_are_named(
+    rpm_image: MakeImage, rpm_repo_server: RepoServer, tmp_path: Path
+) -> None:
+    img = rpm_image("rocky")
+    skipped = patch(img, rpm_repo_server, tmp_path / "none", "--sandbox", "none")["notes"]
+    assert any("ca-certificates %post" in n and "did not run" in n for n in skipped), skipped
+    ran = patch(img, rpm_repo_server, tmp_path / "ran")
+    if ran.get("flavour", "native") == "direct":
+        pytest.skip("no sandbox here")
+    assert not any("ca-certificates %post" in n for n in ran["notes"]), ran["notes"]

@@ -1,14 +1,14 @@
 """The rpm adapter (RHEL, Rocky, Alma, CentOS, Fedora, Amazon Linux, Azure Linux, SUSE):
 everything the orchestrator asks of an rpm image, in pure Python (no librpm, no dnf).
 
-One install path today, DIRECT (install.py): ocipatch resolves against the image's verified
-repositories, writes the packages' payloads through the in-root writer and the installed
-headers into the SQLite rpmdb (or the lines of an rpmmanifest). Scriptlets do not run and are
-named in the outcome's notes. The NATIVE path (the image's dnf / microdnf / tdnf / zypper in
-the sandbox) and the TOOLING path (a tooling image's `dnf --installroot`) are not built: no
-RPM-distro archive is reachable here to make or test a real dnf with, so every rpm image takes
-the DIRECT path, with or without a sandbox. BerkeleyDB and NDB rpmdbs are read but not written
-(UnsupportedError, exit 9).
+One installer (install.py): ocipatch resolves against the image's verified repositories,
+writes the packages' payloads through the in-root writer and the installed headers into the
+SQLite rpmdb (or the lines of an rpmmanifest). With a sandbox and a /bin/sh in the image the
+flavour is NATIVE: the same installer, and the scriptlets run with the image's interpreters in
+the sandbox; otherwise DIRECT, and they are named as not run. Not built: running the image's
+own dnf / microdnf / tdnf / zypper in the sandbox, and a tooling image's `dnf --installroot`
+(TOOLING): no RPM-distro archive is reachable here to make or test a real dnf with. BerkeleyDB
+and NDB rpmdbs are read but not written (UnsupportedError, exit 9).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ocipatch.fs.merged import MergedView
 from ocipatch.sandbox.base import Sandbox
 from ocipatch.vex import rpm_purl
 
+SHELL = "bin/sh"
 _SUFFIXES = (".rpmnew", ".rpmsave")
 _ARCH = {"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "ppc64le": "ppc64le",
          "s390x": "s390x", "riscv64": "riscv64", "arm": "armv7hl"}  # fmt: skip
@@ -71,17 +72,20 @@ class Rpm:
         return None
 
     def flavour(self, view: FileView, sandbox: Sandbox | None) -> Flavour:
-        # No in-image dnf can run here (see the module doc): always ocipatch's own installer.
-        return Flavour.DIRECT
+        # No in-image dnf runs (see the module doc): ocipatch's own installer either way;
+        # NATIVE means it runs the scriptlets with the image's /bin/sh in the sandbox.
+        has_shell = view.exists(SHELL) or view.exists("usr/" + SHELL)
+        return Flavour.NATIVE if sandbox is not None and has_shell else Flavour.DIRECT
 
     def installer(self, env: InstallEnv, flavour: Flavour) -> Patcher:
         arch = _ARCH.get(env.platform.architecture, env.platform.architecture)
         config = RepoConfig(env.ctx.cache.work_dir("rpm"), list(env.mirrors), env.insecure, arch)
-        why = (
-            "--sandbox none"
-            if env.sandbox is None
-            else "ocipatch's direct rpm installer (no in-image dnf runs)"
-        )
+        if flavour is Flavour.NATIVE and env.sandbox is not None:
+            env.progress.step(
+                f"Installing with ocipatch's rpm installer; scriptlets in {env.sandbox.name}"
+            )
+            return RpmPatcher(env.rootfs, env.ownership, config, "", env.sandbox)
+        why = "--sandbox none" if env.sandbox is None else "the image has no /bin/sh"
         env.progress.step(f"Installing directly ({why}): no rpm scriptlet will run")
         return RpmPatcher(env.rootfs, env.ownership, config, why)
 

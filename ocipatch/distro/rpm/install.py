@@ -10,7 +10,9 @@ choice of upgrades (resolve.py). apply:
 3. remove what the old version (and each obsoleted package) listed and the new one does not;
 4. the database: SQLite rpmdb rows (installed header blob = the package's header plus the
    install-time tags rpm adds, and the index tables rpm reads), or the rpmmanifest lines.
-Scriptlets do not run in this flavour: ApplyOutcome.notes names them. BerkeleyDB and NDB
+Scriptlets (%pre/%post of the new version, %preun/%postun of the old or obsoleted one) run
+with the image's interpreter in the sandbox, network off; without a sandbox, without the
+interpreter in the image, or for <lua>, ApplyOutcome.notes names them. BerkeleyDB and NDB
 databases are refused (UnsupportedError) before anything is written.
 """
 
@@ -52,6 +54,7 @@ from ocipatch.distro.rpm.resolve import Key, resolve
 from ocipatch.distro.rpm.version import compare_evr
 from ocipatch.errors import ApplyError, ImageFormatError, UnsupportedError, VerifyError
 from ocipatch.fs.unpack import Owner, OwnershipMap
+from ocipatch.sandbox.base import RunSpec, Sandbox
 
 __all__ = ["EXCLUDED", "RpmPatcher", "excluded", "file_meta", "read_cpio"]
 
@@ -66,7 +69,8 @@ EXCLUDED = (
     "usr/lib/sysimage/rpm/.dbenv.lock",
 )
 FILE_NOREPLACE = 1 << 4
-SCRIPT_TAGS = {1023: "%pre", 1024: "%post", 1025: "%preun", 1026: "%postun"}
+PREIN, POSTIN, PREUN, POSTUN = 1023, 1024, 1025, 1026
+SCRIPT_TAGS = {PREIN: "%pre", POSTIN: "%post", PREUN: "%preun", POSTUN: "%postun"}
 SCRIPT_PROGS = {1023: 1085, 1024: 1086, 1025: 1087, 1026: 1088}
 _DIGESTS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256,
             "sha384": hashlib.sha384, "sha512": hashlib.sha512, "sha224": hashlib.sha224}  # fmt: skip
@@ -187,8 +191,16 @@ class _Fetched:
 class RpmPatcher:
     """plan -> apply -> verify for an rpm image unpacked at `rootfs` (see the module doc)."""
 
-    def __init__(self, rootfs: Path, ownership: OwnershipMap, config: RepoConfig, why: str) -> None:
+    def __init__(
+        self,
+        rootfs: Path,
+        ownership: OwnershipMap,
+        config: RepoConfig,
+        why: str,
+        sandbox: Sandbox | None = None,
+    ) -> None:
         self.rootfs = rootfs
+        self.sandbox = sandbox
         self.ownership = ownership
         self.config = config
         self.why = why  # why scriptlets do not run
@@ -237,11 +249,13 @@ class RpmPatcher:
         users, groups = inroot.users_and_groups(self.rootfs)
         writer = RootWriter(self.rootfs, self.ownership)
         outcome = ApplyOutcome()
-        others = [p for p in db.packages]
         done: list[tuple[_Fetched, list[int]]] = []
-        skipped_scripts: list[str] = []
+        runner = ScriptRunner(self.rootfs, self.sandbox, self.why)
         for f, members in zip(fetched, payloads, strict=True):
-            states, kept = _Files(writer, users, groups).install(f.rpm.package, members, f.old)
+            new = f.rpm.package
+            upgrade = any(o.name == new.name for o in f.old)
+            runner.run(new, PREIN, 2 if upgrade else 1)
+            states, kept = _Files(writer, users, groups).install(new, members, f.old)
             for real, suffix in kept:
                 outcome.notes.append(
                     f"/{real}: changed in the image; "
@@ -252,20 +266,18 @@ class RpmPatcher:
                     )
                     + f"/{real}{suffix}"
                 )
-            others = [p for p in others if p not in f.old]
+            runner.run(new, POSTIN, 2 if upgrade else 1)
+            for old in f.old:  # the old version's (or the obsoleted package's) removal scripts
+                left = 1 if old.name == new.name else 0
+                runner.run(old, PREUN, left)
+                runner.run(old, POSTUN, left)
             done.append((f, states))
-            skipped_scripts += _scripts(f.rpm.package)
-            old = f.old[0] if f.old else None
-            outcome.updated.append(
-                PackageChange(f.rpm.package.name, old.evr if old else "", f.rpm.package.evr)
-            )
+            prev = next((o for o in f.old if o.name == new.name), f.old[0] if f.old else None)
+            outcome.updated.append(PackageChange(new.name, prev.evr if prev else "", new.evr))
             outcome.packages.append(f.path)
         _write_db(writer, db, done)
-        if skipped_scripts:
-            outcome.notes.append(
-                f"{self.why}: these rpm scriptlets did not run, their effects are missing: "
-                + ", ".join(skipped_scripts)
-            )
+        outcome.notes += runner.notes()
+        outcome.output = "\n".join(runner.output)
         outcome.notes = self._repos.notes + self.notes + outcome.notes
         outcome.updated.sort()
         return outcome
@@ -342,18 +354,6 @@ def _check_writable(db: InstalledRpms) -> None:
         "with an SQLite rpmdb (rpm --rebuilddb with %_db_backend sqlite) or patch it with the "
         "image's own package manager"
     )
-
-
-def _scripts(pkg: Package) -> list[str]:
-    h = pkg.header
-    if h is None:
-        return []
-    out = []
-    for tag, label in SCRIPT_TAGS.items():
-        prog = h.strings(SCRIPT_PROGS[tag]) if h.has(SCRIPT_PROGS[tag]) else []
-        if h.has(tag) or (prog and prog[0] not in ("/bin/sh", "<lua>")):
-            out.append(f"{pkg.name} {label}" + (f" ({prog[0]})" if prog else ""))
-    return out
 
 
 # -- one package's files ---------------------------------------------------------------------------
@@ -672,3 +672,67 @@ def _line_key(line: str, two: bool) -> tuple[str, str | None]:
     except ValueError:
         return line, None
     return e.name, e.arch
+
+
+# -- scriptlets -----------------------------------------------------------------------------------
+
+SCRIPT_MOUNT = "/.ocipatch-rpm-scripts"
+SCRIPT_TIMEOUT = 600.0
+
+
+class ScriptRunner:
+    """Runs a package's scriptlets with the image's interpreter in the sandbox (network off),
+    as rpm does (`$1`: the number of instances of the package after the transaction), or names
+    those that cannot run: no sandbox, no interpreter in the image, or a <lua> scriptlet."""
+
+    def __init__(self, rootfs: Path, sandbox: Sandbox | None, why: str) -> None:
+        self.rootfs = rootfs
+        self.sandbox = sandbox
+        self.why = why
+        self.skipped: list[str] = []
+        self.failed: list[str] = []
+        self.output: list[str] = []
+
+    def run(self, pkg: Package, tag: int, instances: int) -> None:
+        h = pkg.header
+        if h is None:
+            return
+        prog = h.strings(SCRIPT_PROGS[tag]) if h.has(SCRIPT_PROGS[tag]) else []
+        body = h.string(tag) if h.has(tag) else None
+        if body is None and not prog:
+            return
+        what = f"{pkg.name} {SCRIPT_TAGS[tag]}" + (f" ({prog[0]})" if prog else "")
+        argv = list(prog) or ["/bin/sh"]
+        if self.sandbox is None or argv[0] == "<lua>":
+            self.skipped.append(what + (" (lua)" if argv[0] == "<lua>" else ""))
+            return
+        if not inroot.is_executable(self.rootfs, argv[0].lstrip("/")):
+            self.skipped.append(f"{what}: {argv[0]} is not in the image")
+            return
+        with tempfile.TemporaryDirectory(prefix="ocipatch-rpm-") as tmp:
+            if body is not None:
+                script = Path(tmp) / "script"
+                script.write_text(body)
+                argv.append(f"{SCRIPT_MOUNT}/script")
+            spec = RunSpec(
+                rootfs=self.rootfs,
+                argv=[*argv, str(instances)],
+                binds=[(Path(tmp), SCRIPT_MOUNT, True)],
+                network=False,
+                timeout=SCRIPT_TIMEOUT,
+            )
+            result = self.sandbox.run(spec)
+        self.output.append(f"== {what}\n{result.stdout}")
+        if result.returncode != 0:
+            self.failed.append(f"{what} (exit {result.returncode})")
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.skipped:
+            out.append(
+                f"{self.why}: these rpm scriptlets did not run, their effects are missing: "
+                + ", ".join(self.skipped)
+            )
+        if self.failed:
+            out.append("rpm scriptlets that failed (rpm goes on too): " + ", ".join(self.failed))
+        return out
