@@ -217,3 +217,32 @@ def test_scriptlets_run_in_the_sandbox_or_are_named(
     if ran.get("flavour", "native") == "direct":
         pytest.skip("no sandbox here")
     assert not any("ca-certificates %post" in n for n in ran["notes"]), ran["notes"]
+
+
+def unpacked_patcher(img: RpmImage, server: RepoServer, work: Path) -> tuple[Path, RpmPatcher]:
+    root = umoci_unpack(img.layout, img.tag, work / "bundle")
+    frm, _, to = img.mirror_arg(server.url).partition("=")
+    config = RepoConfig(work / "cache", [(frm, to)], False, "x86_64")
+    return root, RpmPatcher(root, OwnershipMap(), config, "--sandbox none")
+
+
+def test_changed_config_kept_and_old_files_removed(
+    rpm_image: MakeImage, rpm_repo_server: RepoServer, tmp_path: Path
+) -> None:
+    """%config(noreplace) the image changed: kept, the package's beside it as .rpmnew (rpm's
+    rule); an unchanged one replaced; a file release 2 no longer ships removed."""
+    img = rpm_image("rocky")
+    root, patcher = unpacked_patcher(img, rpm_repo_server, tmp_path)
+    cnf = root / "etc/pki/tls/openssl.cnf"
+    cnf.write_text("# changed by the image\n")
+    assert (root / "usr/lib64/engines-3/afalg.so").exists()
+    plan = patcher.plan([], [Requirement(n, v) for n, v in img.fixed.items()])
+    outcome = patcher.apply(plan)
+    assert not patcher.verify(plan)
+    assert cnf.read_text() == "# changed by the image\n"
+    assert (root / "etc/pki/tls/openssl.cnf.rpmnew").read_text() == "# openssl.cnf\n[p]\n"
+    assert any("openssl.cnf.rpmnew" in n for n in outcome.notes), outcome.notes
+    assert "2024.2.69" in (root / "etc/pki/tls/certs/ca-bundle.crt").read_text()
+    assert not (root / "usr/lib64/engines-3/afalg.so").exists()
+    qf = rpm_q(root, img.db_path, "-qf", "/usr/lib64/libcrypto.so.3")
+    assert qf.stdout.strip() == "openssl-libs-3.0.7-25.el9.x86_64", qf
