@@ -372,6 +372,8 @@ class _Files:
         old_files = {f.path: f for o in olds if o.header is not None for f in o.files()}
         files = pkg.files()
         links: dict[int, str] = {}  # cpio inode -> first path written
+        # newc puts a hard link set's data on its last member only.
+        link_data = {m.ino: m.data for m in members.values() if m.nlink > 1 and m.data}
         kept: list[tuple[str, str]] = []
         states: list[int] = []
         for f in files:
@@ -388,37 +390,31 @@ class _Files:
                 self.w.symlink(rel, Owner("symlink", uid, gid, 0o777, f.mtime, linkname=f.linkto))
             elif stat.S_ISREG(f.mode):
                 m = members[rel]
-                if m.nlink > 1 and m.ino in links and not m.data:
+                if m.nlink > 1 and m.ino in links:  # a hard link set: one inode
                     self.w.hardlink(rel, links[m.ino], pkg.name)
+                    states.append(0)
                     continue
-                suffix = self._config(f, old_files.get(f.path), pkg.digest_algo, m.data)
+                data = m.data if not m.nlink > 1 else link_data.get(m.ino, m.data)
+                suffix = self._config(f, old_files.get(f.path), pkg.digest_algo, data)
                 if suffix == ".rpmnew":
                     kept.append((self.w.place(rel), suffix))
                     rel += suffix
                 elif suffix == ".rpmsave":
                     real = self.w.place(rel)
-                    data = self.w.read(real) or b""
-                    self.w.write_file(rel + suffix, data, self.w.ownership.get(real) or owner)
+                    mine = self.w.read(real) or b""
+                    self.w.write_file(rel + suffix, mine, self.w.ownership.get(real) or owner)
                     kept.append((real, suffix))
-                self.w.write_file(rel, m.data, owner)
-                links.setdefault(m.ino, rel)
+                self.w.write_file(rel, data, owner)
+                if m.nlink > 1 and suffix is None:
+                    links.setdefault(m.ino, rel)
             else:
                 raise ApplyError(
                     f"{pkg.name} holds /{rel}, a device or fifo, which ocipatch does not install; "
                     "update the image with its own package manager"
                 )
             states.append(0)
-        self._hardlinks(pkg, members, links)
         self._remove(olds, {f.path for f in files})
         return states, kept
-
-    def _hardlinks(
-        self, pkg: Package, members: dict[str, CpioEntry], links: dict[int, str]
-    ) -> None:
-        """newc puts a hard link set's data on its last member: link the earlier ones to it."""
-        for name, m in members.items():
-            if m.nlink > 1 and not m.data and links.get(m.ino, name) != name:
-                self.w.hardlink(name, links[m.ino], pkg.name)
 
     def _fix_dir(self, real: str, owner: Owner) -> None:
         cur = self.w.ownership.get(real)

@@ -1,0 +1,78 @@
+"""The rpm installer's file step on packages built by the real rpmbuild: payloads in every
+compressor rpm writes, hard links (newc puts the data on the last link only), symlinks,
+%ghost files (not in the payload), and rpm's %config rules (.rpmsave without noreplace)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ocipatch.distro.apk.writer import RootWriter
+from ocipatch.distro.rpm.header import read_rpm
+from ocipatch.distro.rpm.install import _Files, payload
+from ocipatch.fs.unpack import OwnershipMap
+from tools.rpmrepo import PAYLOAD_MACRO, _env, _rpm_defines
+
+SPEC = """Name: links
+Version: 1.0
+Release: {release}
+Summary: t
+License: MIT
+BuildArch: noarch
+
+%description
+t
+
+%install
+mkdir -p %{{buildroot}}/usr/bin %{{buildroot}}/etc
+printf 'tool {release}\\n' > %{{buildroot}}/usr/bin/a
+ln %{{buildroot}}/usr/bin/a %{{buildroot}}/usr/bin/b
+ln -s a %{{buildroot}}/usr/bin/c
+printf 'conf {release}\\n' > %{{buildroot}}/etc/links.conf
+
+%files
+/usr/bin/a
+/usr/bin/b
+/usr/bin/c
+%config /etc/links.conf
+%ghost /etc/links.state
+"""
+
+
+def build(tmp: Path, release: int, compressor: str) -> bytes:
+    spec = tmp / f"links-{release}.spec"
+    spec.write_text(SPEC.format(release=release))
+    top = tmp / f"top-{release}-{compressor}"
+    subprocess.run(
+        ["rpmbuild", "-bb", "--quiet", *_rpm_defines(top, compressor), str(spec)],  # type: ignore[arg-type]
+        check=True, capture_output=True, env=_env(),
+    )  # fmt: skip
+    (rpm,) = (top / "RPMS").rglob("*.rpm")
+    return rpm.read_bytes()
+
+
+@pytest.mark.parametrize("compressor", sorted(PAYLOAD_MACRO))
+def test_payload_files_links_ghost_and_rpmsave(compressor: str, tmp_path: Path) -> None:
+    old_data, new_data = build(tmp_path, 1, compressor), build(tmp_path, 2, compressor)
+    old, new = read_rpm(old_data, "old"), read_rpm(new_data, "new")
+    root = tmp_path / "root"
+    root.mkdir()
+    w = RootWriter(root, OwnershipMap())
+    _Files(w, {}, {}).install(old.package, payload(old, old_data, "old"), [])
+    (root / "etc/links.conf").write_text("changed by the image\n")
+    states, kept = _Files(w, {}, {}).install(
+        new.package, payload(new, new_data, "new"), [old.package]
+    )
+    assert len(states) == len(new.package.files())
+    a, b = root / "usr/bin/a", root / "usr/bin/b"
+    assert a.read_text() == b.read_text() == "tool 2\n"
+    assert os.stat(a).st_ino == os.stat(b).st_ino
+    assert os.readlink(root / "usr/bin/c") == "a"
+    assert not (root / "etc/links.state").exists()
+    # %config without noreplace: the new one is written, the image's saved as .rpmsave.
+    assert (root / "etc/links.conf").read_text() == "conf 2\n"
+    assert (root / "etc/links.conf.rpmsave").read_text() == "changed by the image\n"
+    assert kept == [("etc/links.conf", ".rpmsave")]
