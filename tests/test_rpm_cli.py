@@ -246,3 +246,17 @@ def test_changed_config_kept_and_old_files_removed(
     assert not (root / "usr/lib64/engines-3/afalg.so").exists()
     qf = rpm_q(root, img.db_path, "-qf", "/usr/lib64/libcrypto.so.3")
     assert qf.stdout.strip() == "openssl-libs-3.0.7-25.el9.x86_64", qf
+
+
+@pytest.mark.parametrize("kind", ["rocky", "ubi-micro", "azurelinux", "sles"])
+def test_inspect_lists_what_trivy_lists(kind: str, rpm_image: MakeImage, tmp_path: Path) -> None:
+    img = rpm_image(kind)
+    r = ocipatch("inspect", "--json", f"oci:{img.layout}:{img.tag}", "--cache-dir",
+                 str(tmp_path / "cache"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["package_manager"] == "rpm"
+    listed = {p["name"]: p["version"] for p in info["packages"]}
+    seen = trivy_packages(img.layout, tmp_path / kind, purl_type="rpm")
+    seen.pop("gpg-pubkey", None)  # trivy lists the imported key's pseudo package; not a package
+    assert listed == seen
