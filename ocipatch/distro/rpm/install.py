@@ -255,7 +255,8 @@ class RpmPatcher:
             new = f.rpm.package
             upgrade = any(o.name == new.name for o in f.old)
             runner.run(new, PREIN, 2 if upgrade else 1)
-            states, kept = _Files(writer, users, groups).install(new, members, f.old)
+            others = _owned_paths([p for p in db.packages if p not in f.old])
+            states, kept = _Files(writer, users, groups, others).install(new, members, f.old)
             for real, suffix in kept:
                 outcome.notes.append(
                     f"/{real}: changed in the image; "
@@ -359,8 +360,20 @@ def _check_writable(db: InstalledRpms) -> None:
 # -- one package's files ---------------------------------------------------------------------------
 
 
+def _owned_paths(pkgs: list[Package]) -> frozenset[str]:
+    return frozenset(f.path for p in pkgs if p.header is not None for f in p.files())
+
+
 class _Files:
-    def __init__(self, w: RootWriter, users: dict[str, int], groups: dict[str, int]) -> None:
+    def __init__(
+        self,
+        w: RootWriter,
+        users: dict[str, int],
+        groups: dict[str, int],
+        others: frozenset[str] = frozenset(),
+    ) -> None:
+        self.others = others  # paths other installed packages own: never removed
+        self.saved: list[str] = []  # changed config files the new version dropped
         self.w = w
         self.users = users
         self.groups = groups
@@ -414,7 +427,7 @@ class _Files:
                 )
             states.append(0)
         self._remove(olds, {f.path for f in files})
-        return states, kept
+        return states, kept + [(p, ".rpmsave") for p in self.saved]
 
     def _fix_dir(self, real: str, owner: Owner) -> None:
         cur = self.w.ownership.get(real)
@@ -442,9 +455,10 @@ class _Files:
 
     def _remove(self, olds: list[Package], keep: set[str]) -> None:
         gone = sorted(
-            {f.path for o in olds if o.header is not None for f in o.files()} - keep,
+            _owned_paths(olds) - keep - self.others,
             key=lambda p: -p.count("/"),
         )
+        old = {f.path: (f, o.digest_algo) for o in olds if o.header is not None for f in o.files()}
         for path in gone:
             real = self.w.real_path(path.lstrip("/"))
             if real is None:
@@ -452,8 +466,16 @@ class _Files:
             st = self.w.lstat(real)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 self.w.rmdir_if_empty(real)
-            else:
-                self.w.remove(real)
+                continue
+            f, algo = old[path]
+            data = self.w.read(real) if f.is_config else None
+            h = _DIGESTS.get(algo, hashlib.sha256)
+            if data is not None and h(data).hexdigest() != f.digest:
+                # rpm's rule: a changed config file the package no longer ships is saved
+                owner = self.w.ownership.get(real) or Owner("file", 0, 0, 0o644, 0)
+                self.w.write_file(real + ".rpmsave", data, owner)
+                self.saved.append(real)
+            self.w.remove(real)
 
 
 # -- the database -----------------------------------------------------------------------------------
