@@ -30,14 +30,18 @@ t
 mkdir -p %{{buildroot}}/usr/bin %{{buildroot}}/etc
 printf 'tool {release}\\n' > %{{buildroot}}/usr/bin/a
 ln %{{buildroot}}/usr/bin/a %{{buildroot}}/usr/bin/b
+%if {release} < 3
 ln -s a %{{buildroot}}/usr/bin/c
 printf 'conf {release}\\n' > %{{buildroot}}/etc/links.conf
+%endif
 
 %files
 /usr/bin/a
 /usr/bin/b
+%if {release} < 3
 /usr/bin/c
 %config /etc/links.conf
+%endif
 %ghost /etc/links.state
 """
 
@@ -76,3 +80,21 @@ def test_payload_files_links_ghost_and_rpmsave(compressor: str, tmp_path: Path) 
     assert (root / "etc/links.conf").read_text() == "conf 2\n"
     assert (root / "etc/links.conf.rpmsave").read_text() == "changed by the image\n"
     assert kept == [("etc/links.conf", ".rpmsave")]
+
+
+def test_dropped_files_removed_unless_changed_config_or_shared(tmp_path: Path) -> None:
+    """Release 3 drops /etc/links.conf (changed in the image: saved as .rpmsave) and, as far
+    as this test says, another installed package owns /usr/bin/c: it stays."""
+    old_data, new_data = build(tmp_path, 1, "zstd"), build(tmp_path, 3, "zstd")
+    old, new = read_rpm(old_data, "old"), read_rpm(new_data, "new")
+    root = tmp_path / "root"
+    root.mkdir()
+    w = RootWriter(root, OwnershipMap())
+    _Files(w, {}, {}).install(old.package, payload(old, old_data, "old"), [])
+    (root / "etc/links.conf").write_text("changed by the image\n")
+    files = _Files(w, {}, {}, frozenset({"/usr/bin/c"}))
+    _, kept = files.install(new.package, payload(new, new_data, "new"), [old.package])
+    assert not (root / "etc/links.conf").exists()
+    assert (root / "etc/links.conf.rpmsave").read_text() == "changed by the image\n"
+    assert kept == [("etc/links.conf", ".rpmsave")]
+    assert os.readlink(root / "usr/bin/c") == "a"  # dropped, but another package owns it
