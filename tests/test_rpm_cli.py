@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,14 @@ def test_inspect_lists_what_trivy_lists(kind: str, rpm_image: MakeImage, tmp_pat
     seen = trivy_packages(img.layout, tmp_path / kind, purl_type="rpm")
     seen.pop("gpg-pubkey", None)  # trivy lists the imported key's pseudo package; not a package
     assert listed == seen
+
+
+def test_same_input_same_digest(
+    rpm_image: MakeImage, rpm_repo_server: RepoServer, tmp_path: Path
+) -> None:
+    """Nothing of the clock in the layer: two runs write the same image."""
+    img = rpm_image("fedora")
+    a = patch(img, rpm_repo_server, tmp_path / "a" / "out")
+    time.sleep(1.1)  # a clock's second would show
+    b = patch(img, rpm_repo_server, tmp_path / "b" / "out")
+    assert a["image"]["digest"] == b["image"]["digest"]

@@ -28,7 +28,6 @@ import sqlite3
 import stat
 import struct
 import tempfile
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -590,10 +589,21 @@ def index_rows(h: Package) -> list[tuple[str, bytes | str, int]]:
     return rows
 
 
+def install_time(db: InstalledRpms, new: list[Package]) -> int:
+    """INSTALLTIME/INSTALLTID of this run, from the inputs only (the layer stays reproducible):
+    SOURCE_DATE_EPOCH when set, else the newest of the image's install times and the new
+    packages' build times (never older than what `rpm -qa --last` already lists)."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if sde.isdigit():
+        return int(sde)
+    times = [p.installtime or 0 for p in db.packages] + [p.buildtime or 0 for p in new]
+    return max(times, default=0)
+
+
 def _write_db(
     writer: RootWriter, db: InstalledRpms, done: list[tuple[_Fetched, list[int]]]
 ) -> None:
-    when = int(os.environ.get("SOURCE_DATE_EPOCH") or time.time())
+    when = install_time(db, [f.rpm.package for f, _ in done])
     if db.location is None:
         _write_manifests(writer, db, done, when)
         return
