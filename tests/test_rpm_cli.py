@@ -40,9 +40,13 @@ def ocipatch(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def patch_args(img: RpmImage, server: RepoServer, out: Path, *extra: str) -> list[str]:
+    return patch_args_to(img, img.mirror_arg(server.url), out, *extra)
+
+
+def patch_args_to(img: RpmImage, mirror: str, out: Path, *extra: str) -> list[str]:
     return [
         "patch", "-i", f"oci:{img.layout}:{img.tag}", "-r", str(img.report),
-        "-t", f"oci:{out}:patched", "--repo-mirror", img.mirror_arg(server.url),
+        "-t", f"oci:{out}:patched", "--repo-mirror", mirror,
         "--cache-dir", str(out.parent / "cache"), "--json", *extra,
     ]  # fmt: skip
 
@@ -272,3 +276,18 @@ def test_same_input_same_digest(
     time.sleep(1.1)  # a clock's second would show
     b = patch(img, rpm_repo_server, tmp_path / "b" / "out")
     assert a["image"]["digest"] == b["image"]["digest"]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_air_gapped_file_mirror(rpm_image: MakeImage, tmp_path: Path) -> None:
+    """No network at all (`unshare -n`), the repository a file:// mirror."""
+    img = rpm_image("ubi-micro")
+    out = tmp_path / "out"
+    args = patch_args_to(img, img.file_mirror_arg(), out)
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("unshare -n is not permitted here")
+    r = subprocess.run(["unshare", "-n", sys.executable, "-m", "ocipatch", *args],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    check_written(img, out, tmp_path)
