@@ -10,11 +10,15 @@ exit 7 with nothing written; a BerkeleyDB rpmdb is exit 9 in one line.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +29,7 @@ import pytest
 from ocipatch.distro.base import Requirement
 from ocipatch.distro.rpm.install import RepoConfig, RpmPatcher
 from ocipatch.fs.unpack import OwnershipMap
+from tests.plugins.aptrepo import UNPRIVILEGED_UID, scratch_dir
 from tests.plugins.images import skopeo, trivy_packages, umoci_unpack
 from tools.aptrepo import RepoServer
 from tools.build_rpm_image import RpmImage
@@ -291,3 +296,53 @@ def test_air_gapped_file_mirror(rpm_image: MakeImage, tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr
     check_written(img, out, tmp_path)
+
+
+def layer_entries(layout: Path, tag: str) -> dict[str, tarfile.TarInfo]:
+    """The last layer's tar entries of an image in an OCI layout."""
+    index = json.loads((layout / "index.json").read_text())
+    digest = next(
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    )
+    manifest = json.loads((layout / "blobs/sha256" / digest["digest"][7:]).read_text())
+    blob = layout / "blobs/sha256" / manifest["layers"][-1]["digest"][7:]
+    raw = blob.read_bytes()
+    if raw[:4] == b"\x28\xb5\x2f\xfd":
+        raw = subprocess.run(["zstd", "-dc"], input=raw, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+def test_rootless_layer_keeps_header_owners_and_modes(rpm_image: MakeImage, tmp_path: Path) -> None:
+    """Run as `nobody`: the layer still carries the owners and modes the headers record."""
+    img = rpm_image("rocky")
+    work = Path(tempfile.mkdtemp(prefix="ocipatch-rpm-rootless-", dir=scratch_dir()))
+    try:
+        os.chmod(work, 0o777)
+        layout = work / "img"
+        shutil.copytree(img.layout, layout)
+        repo = work / "repo"
+        shutil.copytree(img.repo_root, repo)
+        report = work / "report.json"
+        shutil.copy(img.report, report)
+        subprocess.run(["chmod", "-R", "a+rwX", str(work)], check=True)
+        out = work / "out"
+        args = ["patch", "-i", f"oci:{layout}:{img.tag}", "-r", str(report),
+                "-t", f"oci:{out}:patched", "--repo-mirror", img.mirror_arg(repo.as_uri()),
+                "--cache-dir", str(work / "cache"), "--sandbox", "none", "--json"]  # fmt: skip
+        r = subprocess.run(
+            ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}",
+             "--clear-groups", sys.executable, "-m", "ocipatch", *args],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "HOME": str(work)},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        entries = layer_entries(out, "patched")
+        lib = entries["usr/lib64/libcrypto.so.3"]
+        assert (lib.uid, lib.gid, lib.mode) == (0, 0, 0o755), (lib.uid, lib.gid, oct(lib.mode))
+        cnf = entries["etc/pki/tls/openssl.cnf"]
+        assert (cnf.uid, cnf.gid, cnf.mode) == (0, 0, 0o644)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
