@@ -346,3 +346,17 @@ def test_rootless_layer_keeps_header_owners_and_modes(rpm_image: MakeImage, tmp_
         assert (cnf.uid, cnf.gid, cnf.mode) == (0, 0, 0o644)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_vex_names_rpm_packages(
+    rpm_image: MakeImage, rpm_repo_server: RepoServer, tmp_path: Path
+) -> None:
+    img = rpm_image("rocky")
+    vex = tmp_path / "out.vex.json"
+    patch(img, rpm_repo_server, tmp_path / "out", "--vex", str(vex))
+    doc = json.loads(vex.read_text())
+    subs = {s["@id"] for st in doc["statements"] for p in st["products"]
+            for s in p.get("subcomponents", [])}  # fmt: skip
+    assert subs and all(s.startswith("pkg:rpm/rocky/") for s in subs), subs
+    ssl = [s for s in subs if s.startswith("pkg:rpm/rocky/openssl-libs@")]
+    assert ssl and all("epoch=1" in s and "@3.0.7-25.el9" in s for s in ssl), ssl
