@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
 
 from ocipatch.distro.apk.writer import RootWriter
 from ocipatch.distro.rpm.header import read_rpm
-from ocipatch.distro.rpm.install import _Files, payload
+from ocipatch.distro.rpm.install import _Files, payload, read_cpio
+from ocipatch.errors import ImageFormatError
 from ocipatch.fs.unpack import OwnershipMap
 from tools.rpmrepo import PAYLOAD_MACRO, _env, _rpm_defines
 
@@ -98,3 +100,15 @@ def test_dropped_files_removed_unless_changed_config_or_shared(tmp_path: Path) -
     assert (root / "etc/links.conf.rpmsave").read_text() == "changed by the image\n"
     assert kept == [("etc/links.conf", ".rpmsave")]
     assert os.readlink(root / "usr/bin/c") == "a"  # dropped, but another package owns it
+
+
+def test_damaged_payload_is_an_image_format_error(tmp_path: Path) -> None:
+    data = build(tmp_path, 1, "gz")
+    rpm = read_rpm(data, "p")
+    with pytest.raises(ImageFormatError, match="does not decompress"):
+        payload(rpm, data[: rpm.payload_offset + 40], "p")
+    raw = zlib.decompress(data[rpm.payload_offset :], 16 + zlib.MAX_WBITS)
+    with pytest.raises(ImageFormatError, match="not a newc cpio member"):
+        list(read_cpio(b"X" + raw[1:], "p"))
+    with pytest.raises(ImageFormatError, match=r"cut short|not a newc"):
+        list(read_cpio(raw[:200], "p"))

@@ -36,7 +36,7 @@ from pathlib import Path
 import zstandard
 
 from ocipatch.distro.apk import inroot
-from ocipatch.distro.apk.writer import RootWriter
+from ocipatch.distro.apk.writer import RootWriter, member_path
 from ocipatch.distro.base import (
     Action,
     ApplyOutcome,
@@ -142,7 +142,8 @@ def read_cpio(data: bytes, where: str) -> Iterator[CpioEntry]:
 
 def payload(rpm: RpmFile, data: bytes, where: str) -> dict[str, CpioEntry]:
     raw = _decompressor(rpm.payload_compressor, data[rpm.payload_offset :], where)
-    return {e.name: e for e in read_cpio(raw, where)}
+    return {"/".join(p for p in e.name.split("/") if p not in ("", ".")): e
+            for e in read_cpio(raw, where)}  # fmt: skip
 
 
 # -- metadata -----------------------------------------------------------------------------------
@@ -243,8 +244,12 @@ class RpmPatcher:
             olds = [by_key[k] for k in [key, *self.replaces.get(key, [])] if k in by_key]
             olds = [self._with_header(o) for o in olds]
             fetched.append(_Fetched(cand, path, rpm, path.read_bytes(), olds))
-        # Payloads decompressed (and so checked) before the first write, too.
+        # Payloads decompressed (and so checked) and every path checked (no `..`, no .wh.)
+        # before the first write, too.
         payloads = [payload(f.rpm, f.data, str(f.path)) for f in fetched]
+        for f in fetched:
+            for pf in f.rpm.package.files():
+                member_path(f.rpm.package.name, pf.path)
         users, groups = inroot.users_and_groups(self.rootfs)
         writer = RootWriter(self.rootfs, self.ownership)
         outcome = ApplyOutcome()
@@ -389,7 +394,7 @@ class _Files:
         kept: list[tuple[str, str]] = []
         states: list[int] = []
         for f in files:
-            rel = f.path.lstrip("/")
+            rel = member_path(pkg.name, f.path)
             if f.is_ghost or (not stat.S_ISDIR(f.mode) and rel not in members):
                 states.append(0)
                 continue
