@@ -8,13 +8,16 @@ import os
 import subprocess
 import zlib
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from ocipatch.distro.apk.writer import RootWriter
+from ocipatch.distro.rpm.db import InstalledRpms
 from ocipatch.distro.rpm.header import read_rpm
-from ocipatch.distro.rpm.install import _Files, payload, read_cpio
-from ocipatch.errors import ImageFormatError
+from ocipatch.distro.rpm.install import _check_conflicts, _Fetched, _Files, payload, read_cpio
+from ocipatch.distro.rpm.repos import RpmCandidate
+from ocipatch.errors import ApplyError, ImageFormatError
 from ocipatch.fs.unpack import OwnershipMap
 from tools.rpmrepo import PAYLOAD_MACRO, _env, _rpm_defines
 
@@ -48,10 +51,10 @@ printf 'conf {release}\\n' > %{{buildroot}}/etc/links.conf
 """
 
 
-def build(tmp: Path, release: int, compressor: str) -> bytes:
-    spec = tmp / f"links-{release}.spec"
-    spec.write_text(SPEC.format(release=release))
-    top = tmp / f"top-{release}-{compressor}"
+def build(tmp: Path, release: int, compressor: str, name: str = "links") -> bytes:
+    spec = tmp / f"{name}-{release}.spec"
+    spec.write_text(SPEC.format(release=release).replace("Name: links", f"Name: {name}"))
+    top = tmp / f"top-{name}-{release}-{compressor}"
     subprocess.run(
         ["rpmbuild", "-bb", "--quiet", *_rpm_defines(top, compressor), str(spec)],  # type: ignore[arg-type]
         check=True, capture_output=True, env=_env(),
@@ -112,3 +115,16 @@ def test_damaged_payload_is_an_image_format_error(tmp_path: Path) -> None:
         list(read_cpio(b"X" + raw[1:], "p"))
     with pytest.raises(ImageFormatError, match=r"cut short|not a newc"):
         list(read_cpio(raw[:200], "p"))
+
+
+def test_file_conflict_refused_before_writing(tmp_path: Path) -> None:
+    """rpm's file conflict: files another installed package owns with other content."""
+    other_data = build(tmp_path, 1, "zstd", name="other")
+    new_data = build(tmp_path, 2, "zstd")
+    other, new = read_rpm(other_data, "other"), read_rpm(new_data, "new")
+    db = InstalledRpms([other.package])
+    fetched = [_Fetched(cast(RpmCandidate, None), tmp_path / "new.rpm", new, new_data, [])]
+    with pytest.raises(ApplyError, match=r"would overwrite /etc/links\.conf, which other-1\.0-1"):
+        _check_conflicts(db, fetched)
+    same = read_rpm(build(tmp_path, 2, "zstd", name="other"), "same")
+    _check_conflicts(InstalledRpms([same.package]), fetched)  # identical files: no conflict

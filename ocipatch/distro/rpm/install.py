@@ -250,6 +250,7 @@ class RpmPatcher:
         for f in fetched:
             for pf in f.rpm.package.files():
                 member_path(f.rpm.package.name, pf.path)
+        _check_conflicts(db, fetched)
         users, groups = inroot.users_and_groups(self.rootfs)
         writer = RootWriter(self.rootfs, self.ownership)
         outcome = ApplyOutcome()
@@ -348,6 +349,32 @@ class _EvrKey:
 
 def _evr_key(evr: str) -> _EvrKey:
     return _EvrKey(evr)
+
+
+def _check_conflicts(db: InstalledRpms, fetched: list[_Fetched]) -> None:
+    """rpm's file conflict: a new file another installed package (not replaced here, not an
+    instance of the same name) owns with other content or mode; ApplyError before any write."""
+    replaced = [id(o) for f in fetched for o in f.old]
+    owned: dict[str, tuple[Package, PackageFile]] = {}
+    for p in db.packages:
+        if id(p) not in replaced and p.header is not None:
+            for pf in p.files():
+                owned.setdefault(pf.path, (p, pf))
+    for f in fetched:
+        new = f.rpm.package
+        for pf in new.files():
+            hit = owned.get(pf.path)
+            if hit is None or stat.S_ISDIR(pf.mode) or pf.is_ghost:
+                continue
+            other, theirs = hit
+            if other.name == new.name or stat.S_ISDIR(theirs.mode) or theirs.is_ghost:
+                continue
+            if (theirs.digest, theirs.mode, theirs.linkto) != (pf.digest, pf.mode, pf.linkto):
+                raise ApplyError(
+                    f"{new.nevra} would overwrite {pf.path}, which {other.nevra} owns with other "
+                    "content (rpm refuses this file conflict too); update the image with its "
+                    "own package manager, or patch without this package"
+                )
 
 
 def _check_writable(db: InstalledRpms) -> None:
