@@ -55,18 +55,22 @@ def build(tmp: Path, release: int, compressor: str, name: str = "links") -> byte
     spec = tmp / f"{name}-{release}.spec"
     spec.write_text(SPEC.format(release=release).replace("Name: links", f"Name: {name}"))
     top = tmp / f"top-{name}-{release}-{compressor}"
+    defines = _rpm_defines(top, "gz" if compressor == "bzip2" else compressor)  # type: ignore[arg-type]
+    if compressor == "bzip2":  # rpm still writes it; the fixtures do not
+        defines += ["--define", "_binary_payload w9.bzdio"]
     subprocess.run(
-        ["rpmbuild", "-bb", "--quiet", *_rpm_defines(top, compressor), str(spec)],  # type: ignore[arg-type]
+        ["rpmbuild", "-bb", "--quiet", *defines, str(spec)],
         check=True, capture_output=True, env=_env(),
     )  # fmt: skip
     (rpm,) = (top / "RPMS").rglob("*.rpm")
     return rpm.read_bytes()
 
 
-@pytest.mark.parametrize("compressor", sorted(PAYLOAD_MACRO))
+@pytest.mark.parametrize("compressor", [*sorted(PAYLOAD_MACRO), "bzip2"])
 def test_payload_files_links_ghost_and_rpmsave(compressor: str, tmp_path: Path) -> None:
     old_data, new_data = build(tmp_path, 1, compressor), build(tmp_path, 2, compressor)
     old, new = read_rpm(old_data, "old"), read_rpm(new_data, "new")
+    assert new.payload_compressor == {"gz": "gzip"}.get(compressor, compressor)
     root = tmp_path / "root"
     root.mkdir()
     w = RootWriter(root, OwnershipMap())
