@@ -32,6 +32,15 @@ Version: 1:2.0
 """
 
 
+# container-manifest-2: `rpm -qa --qf` with 10 tab-separated fields (db.py).
+RPM_MANIFEST = (
+    b"bash\t5.1.8-9.el9\t1700000000\t1690000000\tRocky\t(none)\t100\tx86_64\t0\t"
+    b"bash-5.1.8-9.el9.src.rpm\n"
+    b"tool\t2.0-1.el9\t1700000000\t1690000000\t(none)\t1\t5\tnoarch\t1\ttool-2.0-1.el9.src.rpm\n"
+    b"gpg-pubkey\tabcd1234-5f000000\t1700000000\t1690000000\t(none)\t(none)\t0\t(none)\t0\t(none)\n"
+)
+
+
 class DictView:
     """A FileView over a dict of path -> bytes (directories implied)."""
 
@@ -89,11 +98,11 @@ CASES: dict[str, Case] = {
     ),
     "rpm": Case(
         [
+            {"var/lib/rpmmanifest/container-manifest-2": RPM_MANIFEST},
             {"var/lib/rpm/rpmdb.sqlite": b"SQLite format 3\x00"},
             {"usr/lib/sysimage/rpm/rpmdb.sqlite": b"SQLite format 3\x00"},
-            {"var/lib/rpmmanifest/container-manifest-2": b"bash\t5.1\n"},
         ],
-        None,
+        [("bash", "5.1.8-9.el9"), ("tool", "1:2.0-1.el9")],  # gpg-pubkey skipped
         ["1.0~rc1", "1.0", "1.0^git1", "1.0.1", "1.1", "1:0.5"],
         ["var/lib/rpm/rpmdb.sqlite"],
         "var/cache/dnf/updates/packages/bash.rpm",

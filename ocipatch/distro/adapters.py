@@ -1,4 +1,4 @@
-"""The package managers ocipatch detects but does not patch yet (rpm): each says so in
+"""The base of package managers ocipatch detects but does not patch yet (none today): each says so in
 one line, and answers the rest of the PackageManager protocol (distro/base.py) with its
 ecosystem's rules, so the contract tests hold for it already. A real adapter replaces its
 class in the table (distro/registry.py ADAPTERS) when its patcher lands."""
@@ -79,17 +79,3 @@ class _NotYet:
     def purl(self, osr: OsRelease | None, name: str, version: str, arch: str) -> str:
         distro_id, distro_version = (osr.id, osr.version_id) if osr else (self.name, None)
         return package_purl(self.ecosystem, distro_id, name, version, arch, distro_version)
-
-
-class Rpm(_NotYet):
-    name = "rpm"
-    ecosystem = "rpm"
-    paths = (
-        "var/lib/rpm/Packages",
-        "var/lib/rpm/Packages.db",
-        "var/lib/rpm/rpmdb.sqlite",
-        "usr/lib/sysimage/rpm/rpmdb.sqlite",
-        "usr/lib/sysimage/rpm/Packages.db",
-        "var/lib/rpmmanifest/container-manifest-2",
-    )
-    caches = ("var/cache/dnf", "var/cache/yum", "var/cache/zypp", "var/cache/tdnf")

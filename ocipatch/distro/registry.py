@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ocipatch.distro.adapters import Rpm
 from ocipatch.distro.apk.adapter import Apk
 from ocipatch.distro.base import PackageManager
 from ocipatch.distro.deb.adapter import Dpkg
 from ocipatch.distro.detect import FileView
+from ocipatch.distro.rpm.adapter import Rpm
 
 # Asked in order; the first whose database the image holds patches it. A list, not a tuple,
 # so a test can register an adapter of its own (tests/fake_adapter.py).
